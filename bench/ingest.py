@@ -1,0 +1,339 @@
+"""Ingest benchmark: a real server process on SQLite, N simulated agents over loopback HTTP.
+
+    .venv/bin/python bench/ingest.py                       # 2,000 agents, 20 s
+    .venv/bin/python bench/ingest.py --agents 10000 --duration 30
+
+What it does:
+
+1. starts ``python -m vetting_server serve`` on a fresh SQLite file (a real process);
+2. registers N hosts and starts N runs through the operator API (the host's expected
+   spec carries threshold overrides, so every sample is judged by at least one rule);
+   the sensor agents also say hello and claim (Running);
+3. for ``--hb-only`` seconds every agent only heartbeats (latency without ingest load);
+   then for ``--duration`` seconds: every agent heartbeats every ``--hb-interval`` seconds
+   (spread evenly, so N/interval heartbeats per second) while ``--sensor-agents``
+   agents post sensor batches of ``--batch`` samples back to back (each waits for the
+   acknowledgement, which the server sends only after the batch is committed);
+4. prints: samples judged+stored per second, heartbeat p50/p99 latency, 5xx count,
+   rows in the database vs samples acknowledged, and — in the same run — the rate of
+   plain ``sqlite3.executemany`` inserting the same rows into a fresh file with the same
+   schema and indexes, and the ratio.
+
+The client is a minimal HTTP/1.1 keep-alive client on asyncio (httpx would be the
+bottleneck). During the mixed phase the heartbeating agents run in a second client
+process, so that building sensor batches never delays a heartbeat's own timing.
+Heartbeats share a pool of ``--connections`` connections (a real fleet has
+one connection per agent; the server's per-request work is the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+from datetime import UTC, datetime, timedelta
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.server import ServerProcess  # noqa: E402
+
+SPEC = """\
+thresholds:
+  - {stage: "*", kind: temp, key: "cpu/*", op: lt, threshold: 95, unit: C}
+  - {stage: "*", kind: power, key: "*", op: lte, threshold: 800, unit: W, severity: warning}
+"""
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection; requests on it are sequential."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, token: str, body: bytes) -> tuple[int, bytes]:
+        for attempt in (1, 2):
+            try:
+                if self.writer is None:
+                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+                head = (
+                    f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {token}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                self.writer.write(head + body)
+                status_line = await self.reader.readline()
+                if not status_line:
+                    raise ConnectionError("closed")
+                status = int(status_line.split()[1])
+                length = 0
+                while True:
+                    line = await self.reader.readline()
+                    if line in (b"\r\n", b"\n", b""):
+                        break
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        length = int(v.strip())
+                data = await self.reader.readexactly(length) if length else b""
+                return status, data
+            except (ConnectionError, asyncio.IncompleteReadError, OSError):
+                if self.writer is not None:
+                    self.writer.close()
+                self.reader = self.writer = None
+                if attempt == 2:
+                    raise
+        raise AssertionError
+
+
+BASE = datetime(2026, 11, 23, tzinfo=UTC)
+KINDS = [("power", f"psu{i % 2}", "W") if i % 8 == 7 else ("temp", f"cpu/{i % 64}", "C") for i in range(100_000)]
+
+
+def batch_samples(agent: int, seq: int, batch: int) -> list[list]:
+    """One batch of an agent: timestamps move forward (1 ms apart), like a real sidecar's."""
+    t0 = BASE + timedelta(seconds=agent, milliseconds=seq * batch)
+    out = []
+    for i in range(batch):
+        kind, key, unit = KINDS[i]
+        value = 300.0 + (i % 50) if kind == "power" else 40.0 + (i % 40)
+        out.append([t0 + timedelta(milliseconds=i), "CPUStress", kind, key, value, unit, None])
+    return out
+
+
+async def setup(srv: ServerProcess, n: int, sensor_agents: int, conc: int) -> list[tuple[int, str]]:
+    runs: list[tuple[int, str] | None] = [None] * n
+    sem = asyncio.Semaphore(conc)
+    async with httpx.AsyncClient(base_url=srv.base_url, headers={"Authorization": f"Bearer {srv.token}"}, timeout=60) as c:
+        async def one(i: int) -> None:
+            async with sem:
+                mac = "02:00:%02x:%02x:%02x:%02x" % ((i >> 24) & 255, (i >> 16) & 255, (i >> 8) & 255, i & 255)
+                r = await c.post("/api/v1/hosts", json={"name": f"bench{i}", "mac": mac, "expected_spec_yaml": SPEC})
+                r.raise_for_status()
+                r = await c.post("/api/v1/runs", json={"host_id": r.json()["id"], "profile": "quick",
+                                                       "non_destructive": True, "stages": ["CPUStress"]})
+                r.raise_for_status()
+                run_id, tok = r.json()["run"]["id"], r.json()["agent_token"]
+                if i < sensor_agents:
+                    h = {"Authorization": f"Bearer {tok}"}
+                    (await c.post(f"/api/v1/runs/{run_id}/hello", json={"agent_version": "bench", "hostname": f"bench{i}"}, headers=h)).raise_for_status()
+                    (await c.post(f"/api/v1/runs/{run_id}/claim", json={"agent_version": "bench", "hostname": f"bench{i}"}, headers=h)).raise_for_status()
+                runs[i] = (run_id, tok)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return [r for r in runs if r is not None]
+
+
+def _hb_process(port: int, runs: list[tuple[int, str]], args: argparse.Namespace, duration: float, out: Any) -> None:
+    """Heartbeating agents in their own process (as they are on their own machines),
+    so that building sensor batches in the client never delays a heartbeat's timing."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    class _Srv:
+        pass
+
+    srv = _Srv()
+    srv.port = port
+    st = asyncio.run(load(srv, runs, args, sensors=False, heartbeats=True, duration=duration))
+    out.put({"hb": st["hb"], "hb_5xx": st["hb_5xx"], "4xx": st["4xx"], "elapsed": st["elapsed"]})
+
+
+async def load_split(srv: ServerProcess, runs: list[tuple[int, str]], args: argparse.Namespace) -> dict:
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_hb_process, args=(srv.port, runs, args, args.duration, q))
+    proc.start()
+    st = await load(srv, runs, args, sensors=True, heartbeats=False)
+    hb = await asyncio.get_running_loop().run_in_executor(None, q.get)
+    proc.join()
+    st["hb"], st["hb_5xx"] = hb["hb"], hb["hb_5xx"]
+    st["4xx"] += hb["4xx"]
+    return st
+
+
+async def load(srv: Any, runs: list[tuple[int, str]], args: argparse.Namespace, *, sensors: bool = True,
+               duration: float | None = None, heartbeats: bool = True) -> dict:
+    port = srv.port
+    stop_at = time.monotonic() + (duration or args.duration)
+    stats = {"acked": 0, "sent": 0, "batches": 0, "dups": 0, "5xx": 0, "4xx": 0, "hb": [], "hb_5xx": 0, "breaches": 0}
+    enc = msgspec.json.Encoder()
+
+    async def sensor_agent(agent: int, run_id: int, tok: str) -> None:
+        conn = Conn("127.0.0.1", port)
+        seq = 0
+        while time.monotonic() < stop_at:
+            seq += 1
+            body = enc.encode({"seq": seq, "samples": batch_samples(agent, seq, args.batch)})
+            status, data = await conn.post(f"/api/v1/runs/{run_id}/sensor", tok, body)
+            stats["sent"] += args.batch
+            if status >= 500:
+                stats["5xx"] += 1
+            elif status >= 400:
+                stats["4xx"] += 1
+            else:
+                ack = msgspec.json.decode(data)
+                stats["acked"] += ack["stored"]
+                stats["batches"] += 1
+                stats["breaches"] += ack["breaches"]
+                stats["dups"] += ack["duplicate"]
+
+    pool: asyncio.Queue[Conn] = asyncio.Queue()
+    for _ in range(args.connections):
+        pool.put_nowait(Conn("127.0.0.1", port))
+
+    async def heartbeat(run_id: int, tok: str) -> None:
+        conn = await pool.get()
+        try:
+            t = time.perf_counter()
+            status, _ = await conn.post(f"/api/v1/runs/{run_id}/heartbeat", tok, b'{"stage":"CPUStress","progress":0.5}')
+            stats["hb"].append(time.perf_counter() - t)
+            if status >= 500:
+                stats["hb_5xx"] += 1
+            elif status >= 400:
+                stats["4xx"] += 1
+        finally:
+            pool.put_nowait(conn)
+
+    async def beat_all() -> None:
+        # each agent beats every hb_interval seconds, spread evenly over the interval
+        order = list(runs)
+        random.shuffle(order)
+        gap = args.hb_interval / max(1, len(order))
+        start = time.monotonic()
+        tasks = set()
+        k = 0
+        while time.monotonic() < stop_at:
+            due = start + k * gap
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            run_id, tok = order[k % len(order)]
+            task = asyncio.ensure_future(heartbeat(run_id, tok))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            k += 1
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    t0 = time.monotonic()
+    n_sensor = args.sensor_agents if sensors else 0
+    jobs = [sensor_agent(i, r, t) for i, (r, t) in enumerate(runs[:n_sensor])]
+    if heartbeats:
+        jobs.append(beat_all())
+    await asyncio.gather(*jobs)
+    stats["elapsed"] = time.monotonic() - t0
+    return stats
+
+
+def raw_sqlite_rate(n_rows: int, batch: int) -> float:
+    """Plain sqlite3.executemany of the same rows into a fresh file with the same schema."""
+    from vetting_server.migrate import available, render
+
+    with tempfile.TemporaryDirectory() as d:
+        conn = sqlite3.connect(os.path.join(d, "raw.db"), isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        for _, path in available():
+            for stmt in render(path.read_text(), "sqlite"):
+                conn.execute(stmt)
+        conn.execute("INSERT INTO hosts (name, mac, created_at, updated_at) VALUES ('h', 'm', 'x', 'x')")
+        conn.execute("INSERT INTO runs (host_id, state, agent_token_hash, non_destructive, started_at, state_changed_at) VALUES (1, 'Running', 't', 1, 'x', 'x')")
+        conn.execute("INSERT INTO stages (run_id, name, ordinal, destructive, timeout_s) VALUES (1, 'CPUStress', 0, 0, 1)")
+        sql = "INSERT INTO measurements (run_id, stage_id, ts, kind, key, value, unit, text) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        groups = []  # prepared before timing: 20 agents' batches per transaction, as the server groups them
+        n_batches = max(1, n_rows // batch)
+        for g in range(0, n_batches, 20):
+            rows = []
+            for b in range(g, min(g + 20, n_batches)):
+                agent, seq = b % 20, b // 20 + 1
+                rows += [(agent + 1, 1, s[0].timestamp(), s[2], s[3], s[4], s[5], s[6])
+                         for s in batch_samples(agent, seq, batch)]
+            groups.append(rows)
+        done = 0
+        t = time.perf_counter()
+        for rows in groups:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+            done += len(rows)
+        elapsed = time.perf_counter() - t
+        conn.close()
+    return done / elapsed
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--agents", type=int, default=2000)
+    p.add_argument("--sensor-agents", type=int, default=60, help="agents streaming sensor batches back to back")
+    p.add_argument("--batch", type=int, default=1000, help="samples per sensor batch")
+    p.add_argument("--duration", type=float, default=20.0)
+    p.add_argument("--hb-interval", type=float, default=10.0)
+    p.add_argument("--connections", type=int, default=256, help="heartbeat connection pool")
+    p.add_argument("--hb-only", type=float, default=10.0, help="seconds of heartbeats without sensor load first (0: skip)")
+    p.add_argument("--setup-concurrency", type=int, default=32)
+    p.add_argument("--keep", help="keep the server's directory here")
+    args = p.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="vetting-bench-"))
+    srv = ServerProcess(tmp, settings={"logging": {"level": "warning"}, "dispatcher": {"interval_s": 2.0}})
+    print(f"machine: {os.cpu_count()} CPUs (shared with other work: figures are noisy); server dir {tmp}")
+    with srv:
+        t = time.monotonic()
+        runs = asyncio.run(setup(srv, args.agents, args.sensor_agents, args.setup_concurrency))
+        print(f"setup: {len(runs)} hosts + runs in {time.monotonic() - t:.1f}s")
+        quiet = None
+        if args.hb_only > 0:
+            quiet = asyncio.run(load(srv, runs, args, sensors=False, duration=args.hb_only))
+        st = asyncio.run(load_split(srv, runs, args))
+    db = sqlite3.connect(str(srv.db_path))
+    rows = db.execute("SELECT count(*) FROM measurements").fetchone()[0]
+    evals = db.execute("SELECT count(*) FROM threshold_evaluations").fetchone()[0]
+    tallied = db.execute("SELECT coalesce(sum(passed_count + breach_count), 0) FROM threshold_tallies").fetchone()[0]
+    db.close()
+    hb = sorted(st["hb"])
+    rate = st["acked"] / st["elapsed"]
+    raw = raw_sqlite_rate(max(200_000, min(rows, 1_000_000)), args.batch)
+    q = statistics.quantiles(hb, n=100) if len(hb) >= 100 else None
+    print(f"agents: {len(runs)} heartbeating every {args.hb_interval:g}s, {args.sensor_agents} streaming batches of {args.batch}")
+    print(f"duration: {st['elapsed']:.1f}s")
+    print(f"samples judged+stored: {st['acked']:,} ({rate:,.0f}/s) in {st['batches']:,} batches; "
+          f"{tallied:,} judgements tallied, {evals:,} breach rows")
+    if quiet is not None and len(quiet["hb"]) >= 100:
+        qh = sorted(quiet["hb"])
+        print(f"heartbeats alone ({args.hb_only:g}s, no sensor load): {len(qh):,} ({len(qh) / quiet['elapsed']:,.0f}/s), "
+              f"p50 {statistics.median(qh) * 1000:.1f} ms, p99 {statistics.quantiles(qh, n=100)[98] * 1000:.1f} ms, "
+              f"5xx {quiet['hb_5xx']}")
+    if q:
+        print(f"heartbeats during ingest: {len(hb):,} ({len(hb) / st['elapsed']:,.0f}/s), p50 {statistics.median(hb) * 1000:.1f} ms, "
+              f"p99 {q[98] * 1000:.1f} ms, max {hb[-1] * 1000:.1f} ms")
+    print(f"errors: 5xx {st['5xx'] + st['hb_5xx']}, 4xx {st['4xx']}, duplicates {st['dups']}")
+    print(f"rows in DB: {rows:,} vs acknowledged {st['acked']:,} (sent {st['sent']:,}; "
+          f"lost {st['acked'] - rows:,})")
+    print(f"raw sqlite3.executemany of the same rows: {raw:,.0f} rows/s; server/raw ratio {rate / raw:.2f}")
+    return 0 if rows == st["acked"] and st["5xx"] + st["hb_5xx"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The migrated schema: Piccolo tables match it, pragmas are set, migrate is idempotent."""
+
+from __future__ import annotations
+
+import pytest
+
+from vetting_server.database import connect_database
+from vetting_server.migrate import available, migrate
+from vetting_server.tables import TABLES
+
+pytestmark = pytest.mark.anyio
+
+COMPOSITE_KEY = {"batches", "stage_results", "threshold_tallies", "settings"}
+
+
+async def _columns(db, table: str) -> set[str]:
+    if db.dialect == "sqlite":
+        rows = await db.fetch(f"PRAGMA table_info({table})")
+        return {r["name"] for r in rows}
+    rows = await db.fetch("SELECT column_name FROM information_schema.columns WHERE table_name = $1", table)
+    return {r["column_name"] for r in rows}
+
+
+async def test_piccolo_tables_match_the_migrated_schema(database_url):
+    db = connect_database(database_url)
+    await db.open()
+    try:
+        applied = await migrate(db)
+        assert applied == [v for v, _ in available()]
+        assert await migrate(db) == []  # idempotent
+        for table in TABLES:
+            name = table._meta.tablename
+            want = {c._meta.db_column_name for c in table._meta.columns}
+            have = await _columns(db, name)
+            assert have, f"table {name} missing"
+            if name in COMPOSITE_KEY:
+                want.discard("id")
+            assert want == have, (name, want ^ have)
+    finally:
+        await db.close()
+
+
+async def test_sqlite_pragmas_and_no_memory(tmp_path):
+    from vetting_server.database import DatabaseError
+
+    with pytest.raises(DatabaseError, match="in-memory"):
+        connect_database("sqlite:///:memory:")
+    db = connect_database(f"sqlite:///{tmp_path / 'x.db'}", busy_timeout_ms=4321)
+    await db.open()
+    try:
+        assert (await db.fetchval("PRAGMA journal_mode")).lower() == "wal"
+        assert await db.fetchval("PRAGMA foreign_keys") == 1
+        assert await db.fetchval("PRAGMA busy_timeout") == 4321
+    finally:
+        await db.close()
+
+
+async def test_foreign_keys_cascade(database_url):
+    from vetting_server.database import utcnow
+
+    db = connect_database(database_url)
+    await db.open()
+    try:
+        await migrate(db)
+        now = utcnow()
+        async with db.transaction() as tx:
+            hid = await tx.fetchval(
+                "INSERT INTO hosts (name, mac, created_at, updated_at) VALUES ('h', 'aa:bb:cc:dd:ee:ff', $1, $1) RETURNING id", now)
+            rid = await tx.fetchval(
+                "INSERT INTO runs (host_id, state, agent_token_hash, non_destructive, started_at, state_changed_at) "
+                "VALUES ($1, 'Queued', 'x', $2, $3, $3) RETURNING id", hid, True, now)
+            await tx.execute("INSERT INTO log_lines (run_id, ts, level, message) VALUES ($1, $2, 'info', 'm')", rid, now)
+        async with db.transaction() as tx:
+            await tx.execute("DELETE FROM hosts WHERE id = $1", hid)
+        assert await db.fetchval("SELECT count(*) FROM log_lines") == 0
+        assert await db.fetchval("SELECT count(*) FROM runs") == 0
+    finally:
+        await db.close()

@@ -1,0 +1,173 @@
+"""SMART: the parser on real captures (SATA, SAS, NVMe, failing and healthy), the
+default thresholds judging counter deltas, and the stage on this machine."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from vetting_core.context import MemorySink, StageContext, execute_stage
+from vetting_core.model import Measurement, Verdict
+from vetting_core.thresholds import BUILTIN_OPERATORS, ThresholdEngine
+from vetting_stages.smart import SMART_STAGE, parse_smart, smart_thresholds
+from vetting_stages.smart.parser import exit_bits
+
+from .conftest import fixture_text
+
+
+def test_failing_hitachi_sata():
+    r = parse_smart(fixture_text("smartctl/published/ata-hitachi-failing.json"))
+    assert r["verdict"] == "failed"
+    assert exit_bits(r["exit_status"]) == [3, 4, 6, 7]
+    assert r["reasons"][0] == "SMART overall-health self-assessment: FAILED"
+    assert any("Reallocated_Sector_Ct failed now" in x for x in r["reasons"])
+    assert any("self-test log contains errors" in x for x in r["reasons"])
+    assert any("exit bit 6" in w for w in r["warnings"])
+    assert r["counters"] == {
+        "Reallocated_Sector_Ct": 1975, "Reallocated_Event_Count": 3831, "Current_Pending_Sector": 8,
+        "Offline_Uncorrectable": 0, "UDMA_CRC_Error_Count": 0,
+    }
+    assert r["self_test"]["failed_entries"] == 1 and r["self_test"]["last_passed"] is True
+    assert r["self_test"]["polling_minutes"] == {"short": 1, "extended": 79}
+
+
+def test_nvme_with_media_errors_passes_but_warns():
+    r = parse_smart(fixture_text("smartctl/published/nvme-samsung-970-media-errors.json"))
+    assert r["verdict"] == "passed" and r["passed"] is True
+    assert r["counters"]["media_errors"] == 7 and r["counters"]["critical_warning"] == 0
+    assert r["counters"]["percentage_used"] == 3
+    assert any("7 media errors" in w for w in r["warnings"])
+
+
+def test_healthy_nvme_and_sas_and_sat():
+    nvme = parse_smart(fixture_text("smartctl/published/nvme-intel-660p-pass.json"))
+    assert nvme["verdict"] == "passed" and nvme["warnings"] == [] and nvme["counters"]["media_errors"] == 0
+    sas = parse_smart(fixture_text("smartctl/published/sas-seagate-st4000nm0043.json"))
+    assert sas["verdict"] == "passed" and sas["protocol"] == "SCSI"
+    assert sas["counters"] == {"scsi_grown_defect_list": 56, "scsi_uncorrected_read": 0, "scsi_uncorrected_write": 0}
+    sat = parse_smart(fixture_text("smartctl/published/sat-seagate-attributes-pass.json"))
+    assert sat["verdict"] == "passed" and sat["passed"] is None
+    # raw.value packs vendor fields; the count is the leading number of raw.string
+    assert sat["counters"]["Reallocated_Event_Count"] == 2111
+
+
+def test_virtio_disk_is_skipped_with_smartctls_reason():
+    r = parse_smart(fixture_text("smartctl/7.3/virtio-vda-x.json"))
+    assert r["verdict"] == "skipped" and r["reasons"] == ["/dev/vda: Unable to detect device type"]
+
+
+def test_garbage_output_is_an_error():
+    with pytest.raises(ValueError, match="smartctl --json printed invalid JSON"):
+        parse_smart("smartctl 7.3 ... Segmentation fault")
+
+
+def _sample(key: str, value: float, stage: str = "SMART") -> Measurement:
+    return Measurement(ts=datetime.now(UTC), stage=stage, kind="smart_attr", key=key, value=value)
+
+
+def test_default_thresholds_judge_deltas_not_absolute_counts():
+    engine = ThresholdEngine(smart_thresholds("SMART"), {o.name: o for o in BUILTIN_OPERATORS})
+    before = parse_smart(fixture_text("smartctl/published/ata-hitachi-failing.json"))["counters"]
+    # the same (already bad) counts before and after: no breach — deltas are 0
+    samples = [_sample(f"sdc/{k}", v) for k, v in before.items()] * 2
+    assert engine.evaluate(samples).breaches == []
+    # one more pending sector during the stage: a breach on that series only
+    res = engine.evaluate([_sample("sdc/Current_Pending_Sector", 9)])
+    assert len(res.breaches) == 1 and res.breaches[0].observed == 1
+    assert engine.rules[res.breaches[0].rule].key == "*/Current_Pending_Sector"
+    # NVMe critical_warning must be 0 (absolute), percentage_used > 100 is a warning
+    res = engine.evaluate([_sample("nvme0n1/critical_warning", 4), _sample("nvme0n1/percentage_used", 104)])
+    sev = sorted(engine.rules[b.rule].severity.value for b in res.breaches)
+    assert sev == ["critical", "warning"]
+    assert all(r.stage == "SMART" for r in SMART_STAGE.thresholds)
+
+
+@pytest.mark.anyio
+async def test_smart_stage_on_this_machine(tmp_path):
+    """Runs the real stage: this VM's only disk is virtio without SMART, so the disk's
+    sub-step and the stage are skipped with smartctl's reason (never failed)."""
+    import subprocess
+
+    from vetting_stages.inventory.probes import collect_disks
+
+    inventory = await collect_disks()
+    ctx = StageContext(stage="SMART", sink=MemorySink(), workdir=tmp_path, inventory=inventory, params={"self_test": "short"})
+    result = await execute_stage(SMART_STAGE, ctx)
+    scan = subprocess.run(["smartctl", "--scan"], capture_output=True, text=True).stdout
+    if scan.strip():  # a machine with SMART-capable disks: each one gets a verdict
+        assert result.verdict in (Verdict.passed, Verdict.failed)
+        assert ctx.measurement_count > 0
+    else:
+        assert result.verdict is Verdict.skipped
+        assert all(s.state is Verdict.skipped and s.reason for s in result.substeps)
+        assert any(a.kind == "smartctl" for a in result.artifacts)
+
+
+@pytest.mark.anyio
+async def test_smart_stage_without_disks_is_skipped(tmp_path):
+    ctx = StageContext(stage="SMART", sink=MemorySink(), workdir=tmp_path, inventory={"disks": []})
+    result = await execute_stage(SMART_STAGE, ctx)
+    assert result.verdict is Verdict.skipped and "no disks" in result.reason
+
+
+FAKE_SMARTCTL = r'''#!/bin/sh
+# Stand-in for a SATA disk this machine lacks: replays captured smartctl JSON for
+# "-x", and walks a self-test from "in progress" to the outcome in $SELFTEST_FINAL.
+state="$FAKE_STATE"
+case "$*" in
+  *" -x "*) cat "$FAKE_X" ;;
+  *" -t "*) echo '{"smartctl":{"exit_status":0}}'; echo 0 > "$state" ;;
+  *" -c "*)
+    n=$(cat "$state"); echo $((n + 1)) > "$state"
+    if [ "$n" -lt 2 ]; then
+      echo '{"smartctl":{"exit_status":0},"ata_smart_data":{"self_test":{"status":{"value":249,"string":"in progress, 90% of test remaining","remaining_percent":90}}}}'
+    else
+      cat "$SELFTEST_FINAL"
+    fi ;;
+  *) echo '{"smartctl":{"exit_status":0}}' ;;
+esac
+'''
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("outcome", ["pass", "read-failure"])
+async def test_self_test_is_polled_until_done(tmp_path, monkeypatch, outcome):
+    """The polling loop with a scripted smartctl (no SATA disk here): two "in progress"
+    answers, then the self-test log; a read failure fails the disk's sub-step."""
+    import json
+    import os
+
+    from .conftest import FIXTURES
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "smartctl"
+    fake.write_text(FAKE_SMARTCTL)
+    fake.chmod(0o755)
+    hitachi = json.loads(fixture_text("smartctl/published/ata-hitachi-failing.json"))
+    log = hitachi["ata_smart_self_test_log"]
+    if outcome == "pass":
+        log = {"standard": {"revision": 1, "table": [log["standard"]["table"][0]], "count": 1}}
+    else:
+        log = {"standard": {"revision": 1, "table": log["standard"]["table"][1:], "count": 2}}
+    final = tmp_path / "final.json"
+    final.write_text(json.dumps({"smartctl": {"exit_status": 0}, "ata_smart_data": {"self_test": {"status": {"value": 0, "string": "completed"}}}, "ata_smart_self_test_log": log}))
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_X", str(FIXTURES / "smartctl/published/sat-seagate-attributes-pass.json"))
+    monkeypatch.setenv("FAKE_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("SELFTEST_FINAL", str(final))
+    ctx = StageContext(stage="SMART", sink=MemorySink(), workdir=tmp_path / "wd",
+                       inventory={"disks": [{"name": "sdc", "path": "/dev/sdc"}]},
+                       params={"self_test": "short", "poll_s": 0.05})
+    result = await execute_stage(SMART_STAGE, ctx)
+    polls = [line for line in ctx.sink.lines if line.message.startswith("$") and " -c " in line.message]
+    assert len(polls) == 3  # in progress, in progress, done
+    assert any("self-test" in msg for _, _, msg in ctx.sink.progress_updates)
+    # counters sampled before and after the self-test: deltas are judgeable
+    keys = [m.key for m in ctx.sink.samples if m.kind == "smart_attr"]
+    assert keys.count("sdc/Current_Pending_Sector") == 2
+    if outcome == "pass":
+        assert result.verdict is Verdict.passed, result.reason
+    else:
+        assert result.verdict is Verdict.failed and "short self-test: Completed: read failure" in result.reason

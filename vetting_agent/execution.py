@@ -1,0 +1,88 @@
+"""Running one planned stage: shared by the connected modes and local mode.
+
+The agent never calls a stage plugin directly: it builds a :class:`StageContext` and
+goes through :func:`vetting_core.context.execute_stage`, which turns "does not
+apply", exceptions and timeouts into a verdict. What the agent adds here: a stage
+whose plugin is not installed becomes a ``failed`` result naming the installed ones,
+and the InventoryCheck stage gets the registered probes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from vetting_core.context import Sink, StageContext, execute_stage, utcnow
+from vetting_core.model import ThresholdRule, Verdict
+from vetting_core.plugins import Registry, UnknownNameError
+from vetting_core.protocol import PlannedStage, StageResult
+
+_CTX_PARAMS = set(inspect.signature(StageContext.__init__).parameters)
+
+
+def build_context(
+    registry: Registry,
+    planned: PlannedStage,
+    *,
+    sink: Sink,
+    workdir: Path,
+    profile: str,
+    run_id: int | None,
+    inventory: Mapping[str, Any] | None,
+    spec: Mapping[str, Any] | None,
+    non_destructive: bool,
+    override_flags: Mapping[str, Any] | None,
+    thresholds: Sequence[ThresholdRule],
+) -> StageContext:
+    kwargs: dict[str, Any] = dict(
+        stage=planned.name,
+        sink=sink,
+        workdir=workdir / f"{planned.ordinal:02d}-{planned.name}",
+        params=planned.params,
+        profile=profile,
+        run_id=run_id,
+        inventory=inventory,
+        spec=spec,
+        non_destructive=non_destructive,
+        override_flags=override_flags,
+        thresholds=thresholds,
+    )
+    # the inventory stage needs the registered probes (and the registry, for plugins
+    # that look further); pass them the way this version of the core accepts them
+    probes = list(registry.probes.values())
+    if "probes" in _CTX_PARAMS:
+        kwargs["probes"] = probes
+    if "registry" in _CTX_PARAMS:
+        kwargs["registry"] = registry
+    ctx = StageContext(**kwargs)
+    if "probes" not in _CTX_PARAMS:
+        ctx.probes = probes  # type: ignore[attr-defined]
+    if "registry" not in _CTX_PARAMS:
+        ctx.registry = registry  # type: ignore[attr-defined]
+    return ctx
+
+
+def missing_plugin_result(name: str, error: Exception) -> StageResult:
+    now = utcnow()
+    return StageResult(
+        stage=name,
+        verdict=Verdict.failed,
+        reason=f"stage plugin {name!r} is not installed on this agent: {error}",
+        started_at=now,
+        completed_at=now,
+    )
+
+
+async def run_planned(registry: Registry, planned: PlannedStage, ctx: StageContext) -> StageResult:
+    """Run one planned stage with the plan's timeout; never raises for a stage problem."""
+    try:
+        spec = registry.stage(planned.name)
+    except UnknownNameError as exc:
+        ctx.log(f"failed: stage plugin {planned.name!r} is not installed on this agent", level="error")
+        return missing_plugin_result(planned.name, exc)
+    if planned.timeout_s and planned.timeout_s != spec.timeout_s:
+        spec = dataclasses.replace(spec, timeout_s=planned.timeout_s)
+    return await execute_stage(spec, ctx)

@@ -1,0 +1,109 @@
+"""Live progress for local mode: stage, percent, ETA.
+
+On a terminal one status line is redrawn in place; in a pipe or a log file a line is
+printed when the stage changes and at most every ``every_s`` seconds otherwise, so a
+CI log stays readable.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{s:02d}s"
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m"
+
+
+def eta(elapsed: float, fraction: float | None) -> float | None:
+    """Remaining seconds at the current pace (None before any progress is known)."""
+    if fraction is None or fraction <= 0.0 or fraction > 1.0:
+        return None
+    return elapsed / fraction - elapsed
+
+
+class ProgressPrinter:
+    def __init__(self, total: int, stream: TextIO | None = None, *, every_s: float = 5.0) -> None:
+        self.total = total
+        self.stream = stream or sys.stdout
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every_s = every_s
+        self.index = 0
+        self.stage: str | None = None
+        self.started = time.monotonic()
+        self.fraction: float | None = None
+        self.message = ""
+        self._last_print = 0.0
+        self._drawn = False
+        self.expected_s: float | None = None
+
+    def start_stage(self, index: int, stage: str, expected_s: float | None = None) -> None:
+        """``expected_s`` (the stage's ``duration_s`` parameter, when it has one) gives
+        an estimate while the stage itself reports no progress."""
+        self.index, self.stage = index, stage
+        self.started = time.monotonic()
+        self.fraction, self.message = 0.0, ""
+        self.expected_s = expected_s if expected_s and expected_s > 0 else None
+        self._print(force=True)
+
+    def update(self, stage: str, fraction: float | None, message: str) -> None:
+        if stage != self.stage:
+            return
+        if fraction is not None:
+            self.fraction = max(0.0, min(1.0, fraction))
+        if message:
+            self.message = message
+        self._print()
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        fraction, approx = self.fraction, ""
+        if not fraction and self.expected_s:  # the stage reports no progress: estimate
+            fraction, approx = min(0.99, elapsed / self.expected_s), "~"
+        pct = "  ?%" if fraction is None else f"{approx}{fraction * 100:3.0f}%"
+        text = (
+            f"[{self.index}/{self.total}] {self.stage:<16} {pct}  "
+            f"elapsed {fmt_duration(elapsed)}  ETA {approx}{fmt_duration(eta(elapsed, fraction))}"
+        )
+        if self.message:
+            text += f"  {self.message[:60]}"
+        return text
+
+    def _print(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.tty:
+            if not force and now - self._last_print < 0.2:
+                return
+            self.stream.write("\r\x1b[2K" + self.line())
+            self._drawn = True
+        else:
+            if not force and now - self._last_print < self.every_s:
+                return
+            self.stream.write(self.line() + "\n")
+        self._last_print = now
+        self.stream.flush()
+
+    def finish_stage(self, stage: str, verdict: str, reason: str | None, duration_s: float) -> None:
+        if self.tty and self._drawn:
+            self.stream.write("\r\x1b[2K")
+            self._drawn = False
+        text = f"[{self.index}/{self.total}] {stage:<16} {verdict.upper():<8} {fmt_duration(duration_s)}"
+        if reason:
+            text += f"  {reason}"
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def tick(self) -> None:
+        """Redraw (a stage that reports no progress still shows its elapsed time)."""
+        if self.stage is not None:
+            self._print()

@@ -1,0 +1,273 @@
+"""Configuration: one YAML file plus environment overrides, validated at start-up.
+
+An unknown key or a wrong value stops start-up with :class:`ConfigError` naming the
+key (``$.server.port: Expected `int`, got `str```). Environment variables of the form
+``VETTING__SECTION__KEY=value`` override the file (the value is parsed as a YAML
+scalar, so ``VETTING__DISPATCHER__CONCURRENCY=5`` is a number). The reference is
+``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from .events import RunEventKind
+from .safeyaml import YamlError, load_yaml
+
+ENV_PREFIX = "VETTING__"
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None  # how agents and notification links reach the server
+    data_dir: str = "./var"  # logs, artifacts, reports
+    max_agent_body_bytes: int = 1 << 20
+    max_operator_body_bytes: int = 16 << 20
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///./var/vetting.db"  # or postgresql://user@host:5432/db
+    busy_timeout_ms: int = 5000
+    pool_min: int = 1
+    pool_max: int = 10
+
+
+class DispatcherSettings(_Section):
+    concurrency: int = 3  # runs booting/running at once (seed: sem=3)
+    interval_s: float = 2.0
+
+
+class TimeoutSettings(_Section):
+    boot_s: float = 900.0  # WaitingBoot/Booting → Failed (boot timeout)
+    heartbeat_interval_s: float = 10.0
+    heartbeat_timeout_s: float = 60.0  # no heartbeat for this long → AgentLost
+    stage_grace_s: float = 300.0  # added to a stage's own timeout
+
+
+class PxeSettings(_Section):
+    enabled: bool = False
+    dnsmasq: str = "dnsmasq"
+    interface: str | None = None
+    dhcp_range: str | None = None  # e.g. "10.0.0.100,10.0.0.200,12h"
+    tftp_root: str = "./var/tftp"
+    kernel_url: str = ""
+    initrd_url: str = ""
+    cmdline_extra: str = ""
+
+
+class HoldSettings(_Section):
+    enabled: bool = True  # a failed run asks for a hold (SSH access) instead of powering off
+    key_ttl_hours: float = 24.0
+
+
+class NotifyTarget(_Section):
+    name: str
+    kind: str  # a notifier kind registered by a plugin: ntfy, discord, smtp, webhook...
+    config: dict[str, Any] = {}
+    timeout_s: float = 10.0
+    retries: int = 3
+
+
+class NotifyRoute(_Section):
+    targets: list[str]
+    events: list[str] = msgspec.field(default_factory=lambda: ["*"])  # RunEventKind names or "*"
+    severities: list[Literal["critical", "warning", "info"]] = msgspec.field(
+        default_factory=lambda: ["critical", "warning", "info"]
+    )
+
+
+class NotificationSettings(_Section):
+    targets: list[NotifyTarget] = []
+    routes: list[NotifyRoute] = []
+
+
+class RetentionSettings(_Section):
+    artifacts_days: float = 30.0
+    logs_days: float = 30.0
+    janitor_interval_minutes: float = 60.0
+
+
+class PluginSettings(_Section):
+    disable: list[str] = []  # plugin (entry point) names; also $VETTING_DISABLE_PLUGINS
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["console", "json"] = "console"
+
+
+class Settings(_Section):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
+    dispatcher: DispatcherSettings = msgspec.field(default_factory=DispatcherSettings)
+    timeouts: TimeoutSettings = msgspec.field(default_factory=TimeoutSettings)
+    pxe: PxeSettings = msgspec.field(default_factory=PxeSettings)
+    hold: HoldSettings = msgspec.field(default_factory=HoldSettings)
+    notifications: NotificationSettings = msgspec.field(default_factory=NotificationSettings)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
+    plugins: PluginSettings = msgspec.field(default_factory=PluginSettings)
+    logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not path:
+            continue
+        try:
+            value = load_yaml(raw, what=f"${name}") if raw.strip() else ""
+        except YamlError:
+            value = raw
+        if isinstance(value, dict):
+            # no setting reachable from the environment is a mapping: "a: b" is text
+            value = raw
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"${name} conflicts with another VETTING__ variable")
+        node[path[-1]] = value
+    return tree
+
+
+def _deep_merge(base: dict[str, Any], more: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in more.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def settings_from_dict(data: Mapping[str, Any], *, source: str = "configuration") -> Settings:
+    try:
+        settings = msgspec.convert(dict(data), Settings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _check_references(settings, source)
+    return settings
+
+
+def _check_references(settings: Settings, source: str) -> None:
+    names = [t.name for t in settings.notifications.targets]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ConfigError(f"{source}: $.notifications.targets: duplicate target name(s) {sorted(dupes)}")
+    for i, route in enumerate(settings.notifications.routes):
+        for target in route.targets:
+            if target not in names:
+                raise ConfigError(
+                    f"{source}: $.notifications.routes[{i}].targets: unknown target {target!r} "
+                    f"(defined: {names or 'none'})"
+                )
+    if settings.dispatcher.concurrency < 1:
+        raise ConfigError(f"{source}: $.dispatcher.concurrency must be at least 1")
+    for path, value, low, high in _ranges(settings):
+        if not (low <= value <= high) or value != value:
+            bound = f"between {low} and {high}" if high != float("inf") else f"at least {low}"
+            raise ConfigError(f"{source}: {path} must be {bound}, got {value!r}")
+    if settings.timeouts.heartbeat_timeout_s <= settings.timeouts.heartbeat_interval_s:
+        raise ConfigError(
+            f"{source}: $.timeouts.heartbeat_timeout_s must be longer than "
+            "$.timeouts.heartbeat_interval_s (else every agent is declared lost)"
+        )
+    if settings.database.pool_min > settings.database.pool_max:
+        raise ConfigError(
+            f"{source}: $.database.pool_min ({settings.database.pool_min}) is larger than "
+            f"$.database.pool_max ({settings.database.pool_max})"
+        )
+    kinds = {k.value for k in RunEventKind}
+    for i, route in enumerate(settings.notifications.routes):
+        for event in route.events:
+            if event != "*" and event not in kinds:
+                raise ConfigError(
+                    f"{source}: $.notifications.routes[{i}].events: unknown event {event!r} "
+                    f"(events: *, {', '.join(sorted(kinds))})"
+                )
+    if not settings.database.url.startswith(("sqlite://", "postgresql://", "postgres://")):
+        raise ConfigError(
+            f"{source}: $.database.url must start with sqlite:// or postgresql://, "
+            f"got {settings.database.url!r}"
+        )
+
+
+def _ranges(settings: Settings) -> list[tuple[str, float, float, float]]:
+    """(key path, value, lowest, highest) of every bounded number."""
+    inf = float("inf")
+    s = settings
+    out = [
+        ("$.server.port", s.server.port, 0, 65535),
+        ("$.server.max_agent_body_bytes", s.server.max_agent_body_bytes, 1024, inf),
+        ("$.server.max_operator_body_bytes", s.server.max_operator_body_bytes, 1024, inf),
+        ("$.database.busy_timeout_ms", s.database.busy_timeout_ms, 0, inf),
+        ("$.database.pool_min", s.database.pool_min, 1, inf),
+        ("$.database.pool_max", s.database.pool_max, 1, inf),
+        ("$.dispatcher.interval_s", s.dispatcher.interval_s, 0.01, inf),
+        ("$.timeouts.boot_s", s.timeouts.boot_s, 1, inf),
+        ("$.timeouts.heartbeat_interval_s", s.timeouts.heartbeat_interval_s, 0.1, inf),
+        ("$.timeouts.heartbeat_timeout_s", s.timeouts.heartbeat_timeout_s, 0.1, inf),
+        ("$.timeouts.stage_grace_s", s.timeouts.stage_grace_s, 0, inf),
+        ("$.hold.key_ttl_hours", s.hold.key_ttl_hours, 0.01, inf),
+        ("$.retention.artifacts_days", s.retention.artifacts_days, 0, inf),
+        ("$.retention.logs_days", s.retention.logs_days, 0, inf),
+        ("$.retention.janitor_interval_minutes", s.retention.janitor_interval_minutes, 0.1, inf),
+    ]
+    for i, t in enumerate(s.notifications.targets):
+        out.append((f"$.notifications.targets[{i}].timeout_s", t.timeout_s, 0.1, inf))
+        out.append((f"$.notifications.targets[{i}].retries", t.retries, 0, 100))
+    return out
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Load the YAML file at ``path`` (optional), apply ``VETTING__…`` overrides, validate."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source = "configuration"
+    if path is not None:
+        source = str(path)
+        try:
+            # read one byte past the limit: a huge file is refused without loading it
+            with Path(path).open("rb") as fh:
+                text = fh.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(f"cannot read configuration file {path}: {reason}") from None
+        try:
+            loaded = load_yaml(text, what=source, max_bytes=MAX_CONFIG_BYTES, int_keys=False)
+        except YamlError as exc:
+            raise ConfigError(str(exc)) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+        data = loaded
+    try:
+        overrides = _env_overrides(environ)
+    except YamlError as exc:
+        raise ConfigError(str(exc)) from None
+    if overrides:
+        data = _deep_merge(data, overrides)
+        names = sorted(n for n in environ if n.startswith(ENV_PREFIX))
+        source = f"{source} with {', '.join('$' + n for n in names)}"
+    return settings_from_dict(data, source=source)

@@ -1,0 +1,337 @@
+"""The stage context: everything a stage plugin's ``async run(ctx)`` may use.
+
+One concrete class serves the agent, local mode, the orchestrator (for
+orchestrator-owned stages such as SpecValidate) and the plugin author's test kit;
+they differ only in the :class:`Sink` that receives log lines, samples and progress.
+:func:`execute_stage` runs a stage with its applicability check, timeout and
+verdict rules and always returns a :class:`~vetting_core.protocol.StageResult`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import traceback
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import structlog
+
+from .model import Artifact, FirmwareSnapshot, Measurement, SubStep, ThresholdRule, Verdict
+from .protocol import LogLine, StageResult
+from .records import ProbeSpec, StageSpec
+from .tools import ToolResult, run_tool, stream_tool
+
+log = structlog.get_logger()
+
+
+class StageFailed(Exception):
+    """Raise from a stage to fail it with a reason a person can act on."""
+
+
+class StageSkipped(Exception):
+    """Raise from a stage when it does not apply (no GPU, no SMART support...)."""
+
+
+class StageHold(Exception):
+    """Raise to stop and wait for an operator (e.g. the wipe probe found data).
+
+    ``found`` describes what was found; it goes into the stage summary.
+    """
+
+    def __init__(self, reason: str, found: Any = None) -> None:
+        super().__init__(reason)
+        self.found = found
+
+
+class Sink(Protocol):
+    """Where a context sends what the stage produces while it runs."""
+
+    def log(self, line: LogLine) -> None: ...
+
+    def measurement(self, sample: Measurement) -> None: ...
+
+    def progress(self, stage: str, fraction: float | None, message: str) -> None: ...
+
+
+class MemorySink:
+    """Keeps everything in lists (tests, local mode building a report)."""
+
+    def __init__(self) -> None:
+        self.lines: list[LogLine] = []
+        self.samples: list[Measurement] = []
+        self.progress_updates: list[tuple[str, float | None, str]] = []
+
+    def log(self, line: LogLine) -> None:
+        self.lines.append(line)
+
+    def measurement(self, sample: Measurement) -> None:
+        self.samples.append(sample)
+
+    def progress(self, stage: str, fraction: float | None, message: str) -> None:
+        self.progress_updates.append((stage, fraction, message))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SubStepHandle:
+    def __init__(self, step: SubStep) -> None:
+        self.step = step
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.step.summary
+
+    def fail(self, reason: str) -> None:
+        self.step.state = Verdict.failed
+        self.step.reason = reason
+
+    def skip(self, reason: str) -> None:
+        self.step.state = Verdict.skipped
+        self.step.reason = reason
+
+
+class StageContext:
+    """Handed to ``StageSpec.run``. Attributes are read-only inputs; methods record output.
+
+    - ``params``: the stage's parameters for this run (stage defaults ← profile ← host).
+    - ``inventory``: the inventory document collected by InventoryCheck (may be empty).
+    - ``spec``: the host's expected spec as a dict, or ``None``.
+    - ``non_destructive``: when True the stage must never open a disk for writing.
+    - ``override_flags``: operator overrides armed by ``retry_stage`` (e.g. ``{"wipe": True}``).
+    - ``workdir``: a private scratch directory for artifacts.
+    - ``probes``: the registered inventory probes (InventoryCheck runs them), or ``None``.
+    """
+
+    def __init__(
+        self,
+        *,
+        stage: str,
+        sink: Sink,
+        workdir: Path,
+        params: Mapping[str, Any] | None = None,
+        profile: str = "quick",
+        run_id: int | None = None,
+        inventory: Mapping[str, Any] | None = None,
+        spec: Mapping[str, Any] | None = None,
+        non_destructive: bool = True,
+        override_flags: Mapping[str, Any] | None = None,
+        thresholds: Sequence[ThresholdRule] = (),
+        probes: Sequence[ProbeSpec] | None = None,
+    ) -> None:
+        self.stage = stage
+        self.sink = sink
+        self.workdir = Path(workdir)
+        self.params: dict[str, Any] = dict(params or {})
+        self.profile = profile
+        self.run_id = run_id
+        self.inventory: dict[str, Any] = dict(inventory or {})
+        self.spec: dict[str, Any] | None = dict(spec) if spec is not None else None
+        self.non_destructive = non_destructive
+        self.override_flags: dict[str, Any] = dict(override_flags or {})
+        self.thresholds = list(thresholds)
+        # the registered inventory probes, set by the runner for InventoryCheck
+        # (None: the stage falls back to the built-in probes)
+        self.probes: list[ProbeSpec] | None = list(probes) if probes is not None else None
+        self.summary: dict[str, Any] = {}
+        self.substeps: list[SubStep] = []
+        self.artifacts: list[Artifact] = []
+        self.firmware_snapshots: list[FirmwareSnapshot] = []
+        self.inventory_out: dict[str, Any] | None = None
+        self.measurement_count = 0
+        self.log_count = 0
+
+    # -- output -------------------------------------------------------------------
+    def log(self, message: str, level: str = "info") -> None:
+        self.log_count += 1
+        self.sink.log(LogLine(ts=utcnow(), stage=self.stage, level=level, message=message))
+
+    def measure(
+        self,
+        kind: str,
+        key: str,
+        value: float | None,
+        unit: str = "",
+        *,
+        text: str | None = None,
+        ts: datetime | None = None,
+    ) -> Measurement:
+        """Record one sample; it is streamed to the orchestrator and judged there."""
+        sample = Measurement(
+            ts=ts or utcnow(),
+            stage=self.stage,
+            kind=kind,
+            key=key,
+            value=None if value is None else float(value),
+            unit=unit,
+            text=text,
+        )
+        self.measurement_count += 1
+        self.sink.measurement(sample)
+        return sample
+
+    def progress(self, fraction: float | None, message: str = "") -> None:
+        self.sink.progress(self.stage, fraction, message)
+
+    @asynccontextmanager
+    async def substep(self, name: str) -> AsyncIterator[SubStepHandle]:
+        """A per-disk/per-NIC/per-GPU unit. An exception inside fails the sub-step and
+        propagates; ``handle.fail(reason)``/``handle.skip(reason)`` set the verdict
+        without raising."""
+        step = SubStep(
+            stage_name=self.stage,
+            ordinal=len(self.substeps),
+            name=name,
+            state=Verdict.running,
+            started_at=utcnow(),
+        )
+        self.substeps.append(step)
+        handle = SubStepHandle(step)
+        try:
+            yield handle
+        except BaseException as exc:
+            if step.state is Verdict.running:
+                step.state = Verdict.failed
+                step.reason = step.reason or f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            step.completed_at = utcnow()
+            if step.state is Verdict.running:
+                step.state = Verdict.passed
+
+    def artifact(self, kind: str, path: str | Path) -> Artifact:
+        path = Path(path)
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        art = Artifact(
+            kind=kind,
+            path=str(path.resolve()),
+            sha256=digest.hexdigest(),
+            size_bytes=path.stat().st_size,
+            stage=self.stage,
+        )
+        self.artifacts.append(art)
+        return art
+
+    def save_text(self, kind: str, name: str, text: str) -> Artifact:
+        """Write ``text`` under the workdir and record it as an artifact."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / name
+        path.write_text(text)
+        return self.artifact(kind, path)
+
+    def firmware(
+        self, component: str, identifier: str, version: str, vendor: str = "", **raw: Any
+    ) -> None:
+        self.firmware_snapshots.append(
+            FirmwareSnapshot(
+                component=component, identifier=identifier, version=version, vendor=vendor, raw=raw
+            )
+        )
+
+    # -- tools --------------------------------------------------------------------
+    async def run_tool(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 300.0,
+        artifact: str | None = None,
+        stream: bool = False,
+    ) -> ToolResult:
+        """Run a tool (``LC_ALL=C``, no stdin, killed on timeout), log the command, and
+        keep stdout as an artifact named ``artifact`` when given. With ``stream=True``
+        every output line also goes to the stage log as it arrives."""
+        self.log(f"$ {' '.join(map(str, argv))}", level="debug")
+        if stream:
+            result = await stream_tool(
+                argv, lambda _s, line: self.log(line, level="debug"), timeout=timeout
+            )
+        else:
+            result = await run_tool(argv, timeout=timeout)
+        if result.timed_out:
+            self.log(f"{argv[0]} timed out after {timeout:.0f}s and was killed", level="error")
+        if artifact:
+            self.save_text(artifact, f"{artifact}.txt", result.stdout)
+        return result
+
+
+async def execute_stage(
+    spec: StageSpec, ctx: StageContext, *, timeout_s: float | None = None
+) -> StageResult:
+    """Run one stage and turn whatever happened into a :class:`StageResult`.
+
+    - the stage does not apply to the inventory → ``skipped`` with the reason
+      (an ``applies`` check that raises fails the stage instead, traceback logged);
+    - it raises ``StageFailed``/``StageSkipped``/``StageHold`` → that verdict;
+    - it raises anything else → ``failed``, the traceback in the stage log;
+    - it exceeds ``timeout_s`` (default ``spec.timeout_s``; the run plan's value
+      when given) → ``failed``. A ``TimeoutError`` raised *by the stage itself*
+      (a socket timeout) is a crash, not the stage timeout;
+    - a failed sub-step fails the stage.
+
+    Cancellation from outside (the run was aborted) is not caught: it propagates.
+    """
+    limit = spec.timeout_s if timeout_s is None else timeout_s
+    started = utcnow()
+    verdict, reason, hold = Verdict.passed, None, False
+    try:
+        skip_reason = spec.applies(ctx.inventory) if spec.applies else None
+    except Exception as exc:
+        skip_reason = None
+        verdict = Verdict.failed
+        reason = f"applicability check crashed: {type(exc).__name__}: {exc}"
+        ctx.log(traceback.format_exc(), level="error")
+        ctx.log(f"failed: {reason}", level="error")
+    if verdict is Verdict.failed:
+        pass
+    elif skip_reason:
+        verdict, reason = Verdict.skipped, skip_reason
+        ctx.log(f"skipped: {skip_reason}")
+    else:
+        scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
+        try:
+            with scope:
+                await spec.run(ctx)
+        except StageFailed as exc:
+            verdict, reason = Verdict.failed, str(exc)
+        except StageSkipped as exc:
+            verdict, reason = Verdict.skipped, str(exc)
+        except StageHold as exc:
+            verdict, reason, hold = Verdict.hold, str(exc), True
+            if exc.found is not None:
+                ctx.summary["found"] = exc.found
+        except Exception as exc:
+            verdict, reason = Verdict.failed, f"stage crashed: {type(exc).__name__}: {exc}"
+            ctx.log(traceback.format_exc(), level="error")
+        if scope.cancelled_caught:
+            verdict, reason = Verdict.failed, f"stage timed out after {limit:g}s"
+            for step in ctx.substeps:
+                if step.state is Verdict.failed and (step.reason or "").startswith("Cancelled"):
+                    step.reason = reason
+        if verdict is Verdict.passed:
+            failed = [s for s in ctx.substeps if s.state is Verdict.failed]
+            if failed:
+                verdict = Verdict.failed
+                reason = "; ".join(f"{s.name}: {s.reason}" for s in failed)
+        if reason:
+            ctx.log(f"{verdict.value}: {reason}", level="error" if verdict is Verdict.failed else "info")
+    return StageResult(
+        stage=spec.name,
+        verdict=verdict,
+        reason=reason,
+        started_at=started,
+        completed_at=utcnow(),
+        summary=ctx.summary,
+        substeps=ctx.substeps,
+        inventory=ctx.inventory_out,
+        firmware=ctx.firmware_snapshots,
+        artifacts=ctx.artifacts,
+        hold=hold,
+    )

@@ -1,0 +1,198 @@
+"""The agent ↔ orchestrator wire protocol (seed 001, "Agent ↔ orchestrator protocol").
+
+Every request and response body is one of these Structs, encoded as JSON. The agent
+authenticates every ``/api/v1/runs/{id}/*`` call with ``Authorization: Bearer <token>``,
+the per-run token shown once when the run is created and put on the kernel command
+line by the iPXE script as ``vetting.token=…`` (with ``vetting.server=`` and
+``vetting.run=``).
+
+Routes::
+
+    GET  /ipxe/{mac}                      → text/plain iPXE script for that MAC
+    POST /api/v1/runs/{id}/hello          Hello        → HelloReply
+    POST /api/v1/runs/{id}/claim          Claim        → ClaimReply
+    POST /api/v1/runs/{id}/heartbeat      Heartbeat    → HeartbeatReply
+    POST /api/v1/runs/{id}/log            LogBatch     → BatchAck
+    POST /api/v1/runs/{id}/sensor         SensorBatch  → BatchAck
+    POST /api/v1/runs/{id}/result         StageResult  → ResultReply
+    POST /api/v1/runs/{id}/hold           HoldRequest  → HoldReply
+    POST /api/v1/agents/heartbeat         HostHeartbeat → HostHeartbeatReply  (host mode,
+                                          authenticated with the host's agent token)
+
+Log and sensor batches carry a per-stream sequence number starting at 1: the server
+stores a batch once and acknowledges a retried one with ``duplicate=True``. A
+``StageResult`` is idempotent: posting the same result twice returns the same reply
+and advances the run once; a different result for a finished stage gets 409.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from .model import Artifact, FirmwareSnapshot, Measurement, SubStep, ThresholdRule, Verdict
+
+PROTOCOL_VERSION = 1
+
+KERNEL_PARAM_SERVER = "vetting.server"
+KERNEL_PARAM_RUN = "vetting.run"
+KERNEL_PARAM_TOKEN = "vetting.token"
+
+
+class Hello(msgspec.Struct, kw_only=True):
+    agent_version: str
+    hostname: str
+    ip: str | None = None
+    mac: str | None = None
+    boot_id: str = ""
+    mode: Literal["pxe", "connect", "host"] = "connect"
+    protocol: int = PROTOCOL_VERSION
+
+
+class HelloReply(msgspec.Struct, kw_only=True):
+    run_id: int
+    state: str
+    server_time: datetime
+
+
+class Claim(msgspec.Struct, kw_only=True):
+    agent_version: str
+    hostname: str
+    stages_installed: list[str] = []
+
+
+class PlannedStage(msgspec.Struct, kw_only=True):
+    name: str
+    ordinal: int
+    params: dict[str, Any] = {}
+    runs_on: Literal["agent", "orchestrator"] = "agent"
+    destructive: bool = False
+    timeout_s: float = 3600.0
+    state: Verdict = Verdict.pending  # a resumed run reports what is already done
+
+
+class ClaimReply(msgspec.Struct, kw_only=True):
+    run_id: int
+    host_name: str
+    profile: str
+    non_destructive: bool
+    stages: list[PlannedStage]
+    thresholds: list[ThresholdRule] = []
+    expected_spec: dict[str, Any] | None = None
+    override_flags: dict[str, Any] = {}
+    heartbeat_interval_s: float = 10.0
+    heartbeat_timeout_s: float = 60.0
+    log_seq: int = 0  # last log batch the server stored: the agent resumes after it
+    sensor_seq: int = 0
+    max_batch_bytes: int = 1 << 20
+
+
+class Heartbeat(msgspec.Struct, kw_only=True):
+    stage: str | None = None
+    progress: float | None = None  # 0..1 within the stage
+    message: str = ""
+    spool_depth: int = 0
+
+
+class HeartbeatReply(msgspec.Struct, kw_only=True):
+    cmd: Literal["continue", "shutdown", "abort", "retry_stage"]
+    state: str
+    stage: str | None = None  # for retry_stage: the stage to re-enter
+    override_flags: dict[str, Any] = {}
+
+
+class LogLine(msgspec.Struct, kw_only=True, array_like=True):
+    ts: datetime
+    stage: str | None
+    level: str
+    message: str
+
+
+class LogBatch(msgspec.Struct, kw_only=True):
+    seq: int
+    lines: list[LogLine]
+
+
+class SensorBatch(msgspec.Struct, kw_only=True):
+    seq: int
+    samples: list[Measurement]
+
+
+class BatchAck(msgspec.Struct, kw_only=True):
+    seq: int
+    stored: int
+    duplicate: bool = False
+    breaches: int = 0
+
+
+class StageResult(msgspec.Struct, kw_only=True):
+    stage: str
+    verdict: Verdict
+    reason: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    summary: dict[str, Any] = {}
+    substeps: list[SubStep] = []
+    measurements: list[Measurement] = []
+    inventory: dict[str, Any] | None = None
+    firmware: list[FirmwareSnapshot] = []
+    artifacts: list[Artifact] = []
+    log_seq: int = 0  # last log batch sent before this result
+    sensor_seq: int = 0
+    hold: bool = False  # the stage asks the orchestrator for a hold (wipe probe found data)
+
+
+class Breach(msgspec.Struct, kw_only=True):
+    stage: str
+    kind: str
+    key: str
+    op: str
+    threshold: float | str
+    observed: float | str | None
+    severity: str
+
+
+class ResultReply(msgspec.Struct, kw_only=True):
+    stage: str
+    verdict: Verdict  # the orchestrator's verdict (a critical breach fails a "passed" stage)
+    reason: str | None = None
+    next_state: str
+    next_stage: str | None = None
+    hold: bool = False  # the agent should call /hold
+    breaches: list[Breach] = []
+
+
+class HoldRequest(msgspec.Struct, kw_only=True):
+    ip: str
+    reason: str = ""
+
+
+class HoldReply(msgspec.Struct, kw_only=True):
+    authorized_key: str
+    expires_at: datetime
+    user: str = "root"
+    ssh_command: str = ""
+
+
+class HostHeartbeat(msgspec.Struct, kw_only=True):
+    hostname: str
+    agent_version: str
+    ip: str | None = None
+    busy: bool = False  # a run is in progress on this host
+
+
+class HostHeartbeatReply(msgspec.Struct, kw_only=True):
+    cmd: Literal["idle", "run"]
+    run_id: int | None = None
+    run_token: str | None = None
+    poll_interval_s: float = 10.0
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every API error: a status code and a message a person can act on."""
+
+    status_code: int
+    detail: str
+    extra: dict[str, Any] | list[Any] | None = None

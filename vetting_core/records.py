@@ -1,0 +1,189 @@
+"""Typed records that registration hooks return.
+
+Registration hooks are synchronous and cheap: they only *describe* what a plugin
+offers. The real work is the ``async`` callable each record carries (``StageSpec.run``,
+``ProbeSpec.collect``, ``NotifierSpec.factory(...).send``...), driven by anyio.
+
+Records are frozen dataclasses rather than msgspec Structs because they hold callables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from .model import ThresholdRule
+
+if TYPE_CHECKING:
+    from .context import StageContext
+    from .events import RunEvent
+
+
+
+StageRunner = Callable[["StageContext"], Awaitable[Any]]
+"""``async def run(ctx) -> None``. Raise :class:`vetting_core.StageFailed`,
+``StageSkipped`` or ``StageHold`` to end with that verdict; return to pass (unless a
+sub-step failed)."""
+
+AppliesCheck = Callable[[Mapping[str, Any]], "str | None"]
+"""Given the inventory document, return ``None`` when the stage applies, else the
+reason it is skipped (e.g. ``"no NVIDIA GPU found"``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageSpec:
+    """A stage type.
+
+    ``order`` places the stage in the pipeline (built-ins use multiples of 100:
+    InventoryCheck 100, SpecValidate 150, Firmware 200, SMART 300, CPUStress 400,
+    Memory 450, Storage 500, Network 600, GPU 700, PSU 800, Burn 900); a plugin stage
+    picks any number in between and slots in without touching the state machine.
+
+    ``params`` maps a profile name (or ``"*"`` for every profile) to the stage's
+    parameters in that profile; profiles and per-host overrides are merged on top.
+    ``profiles`` names the profiles that include the stage by default.
+    """
+
+    name: str
+    run: StageRunner
+    order: int
+    description: str = ""
+    destructive: bool = False
+    runs_on: Literal["agent", "orchestrator"] = "agent"
+    requires: tuple[str, ...] = ()
+    applies: AppliesCheck | None = None
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    thresholds: Sequence[ThresholdRule] = ()
+    profiles: tuple[str, ...] = ("quick", "deep", "soak")
+    timeout_s: float = 3600.0
+
+    def params_for(self, profile: str) -> dict[str, Any]:
+        merged: dict[str, Any] = dict(self.params.get("*", {}))
+        merged.update(self.params.get(profile, {}))
+        return merged
+
+
+ProbeCollector = Callable[[], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeSpec:
+    """An inventory collector. ``collect()`` returns a fragment ``{section: value}``.
+
+    It must not raise for a missing tool or permission: return
+    ``{"unavailable": {section: reason}}`` instead.
+    """
+
+    name: str
+    collect: ProbeCollector
+    sections: tuple[str, ...] = ()
+    description: str = ""
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class OperatorSpec:
+    """A threshold operator.
+
+    ``check(observed, threshold, nominal) -> bool`` is True when the sample is within
+    the threshold. ``vector(values, threshold, nominal) -> list[bool]`` is an optional
+    fast path over many samples of one series. ``baseline=True`` makes the engine pass
+    ``observed - first value of the series in this stage`` (a counter delta).
+    ``textual=True`` means the operator reads the sample's text (regex, eq on strings).
+    ``parse_threshold(raw) -> parsed`` (optional) validates a structured threshold such
+    as ``"10..20"`` once, when the rule is compiled; ``check`` then receives the parsed
+    value. Raise ``ValueError`` with a reason for a bad threshold.
+    """
+
+    name: str
+    check: Callable[[Any, Any, float], bool]
+    description: str = ""
+    vector: Callable[[list[Any], Any, float], list[bool]] | None = None
+    baseline: bool = False
+    textual: bool = False
+    parse_threshold: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileSpec:
+    """A profile or, with ``fragment=True``, a fragment merged into an existing one.
+
+    ``extends`` copies another profile first. ``include``/``exclude`` adjust the stage
+    list (stages also opt in through ``StageSpec.profiles``); ``params`` maps stage
+    name to parameter overrides; ``thresholds`` are added to the stages' defaults.
+    """
+
+    name: str
+    description: str = ""
+    extends: str | None = None
+    fragment: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    thresholds: Sequence[ThresholdRule] = ()
+    non_destructive_only: bool = False
+
+
+class Notifier(Protocol):
+    async def send(self, event: RunEvent) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotifierSpec:
+    """A notifier kind (``ntfy``, ``discord``...). ``factory(config)`` validates the
+    target's config (converted with msgspec into ``config_type``) and returns an object
+    with ``async send(event)``; raising means the delivery failed (it is retried)."""
+
+    kind: str
+    factory: Callable[[Any], Notifier]
+    config_type: type | None = None
+    description: str = ""
+
+
+class BootProvider(Protocol):
+    async def power_on(self, host: Any, *, boot_target: str) -> str: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class BootProviderSpec:
+    """A way to make a host boot from the network (``wol``, ``manual``, ``ipmi``...).
+
+    ``factory(config)`` gets the host's ``boot_config`` converted into ``config_type``
+    and returns an object with ``async power_on(host, boot_target=...) -> message``.
+    """
+
+    kind: str
+    factory: Callable[[Any], BootProvider]
+    config_type: type | None = None
+    description: str = ""
+
+
+ReportRenderer = Callable[[Mapping[str, Any]], "ReportSection | None"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportSection:
+    title: str
+    html: str = ""  # trusted HTML fragment, inserted as-is into the HTML report
+    data: Any = None  # JSON-serialisable, placed under report["sections"][name]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportSectionSpec:
+    """A contributed report section. ``render(report)`` receives the JSON report
+    document and returns a :class:`ReportSection`, or ``None`` to contribute nothing."""
+
+    name: str
+    render: ReportRenderer
+    order: int = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventObserverSpec:
+    """Receives every run event: ``async handle(event)``. Failures are logged."""
+
+    name: str
+    handle: Callable[["RunEvent"], Awaitable[None]]
+
+

@@ -1,0 +1,232 @@
+"""The agent-facing routes (seed 001, "Agent ↔ orchestrator protocol").
+
+Bodies are the Structs of :mod:`vetting_core.protocol`. Every ``/api/v1/runs/{id}/*``
+route authenticates with the run's bearer token (see :mod:`.auth`); request bodies
+are limited to ``server.max_agent_body_bytes`` (413 beyond).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+
+from vetting_core.protocol import (
+    BatchAck,
+    Claim,
+    ClaimReply,
+    Heartbeat,
+    HeartbeatReply,
+    Hello,
+    HelloReply,
+    HoldReply,
+    HoldRequest,
+    HostHeartbeat,
+    HostHeartbeatReply,
+    LogBatch,
+    ResultReply,
+    SensorBatch,
+    StageResult,
+)
+from vetting_core.statemachine import heartbeat_command
+
+from .auth import agent_auth, agent_guard, bearer, host_agent_guard, runtime
+from .database import utcnow
+from .fastbody import FastBody
+from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
+from .hosts import FieldError, normalize_mac
+from .security import new_token, token_hash
+
+RUN = "/api/v1/runs/{run_id:int}"
+
+
+def _peer(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _check_seq(seq: int) -> None:
+    if seq < 1:
+        raise bad_request(f"seq must be ≥ 1 (got {seq}): batches are numbered from 1 per stream")
+
+
+_hb_decoder = msgspec.json.Decoder(Heartbeat)
+_hb_encoder = msgspec.json.Encoder()
+
+
+def heartbeat_reply(rt: Any, run_id: int, auth: Any, data: Heartbeat) -> HeartbeatReply:
+    """Record the heartbeat (memory only) and say what the agent should do."""
+    now = utcnow()
+    rt.heartbeats[run_id] = now
+    rt.last_heartbeat[run_id] = now
+    if data.stage is not None or data.progress is not None:
+        pct = None if data.progress is None else round(float(data.progress) * 100)
+        prev = rt.hub.progress.get(run_id)
+        if prev is None or prev.get("stage") != data.stage or prev.get("percent") != pct or prev.get("message") != data.message:
+            rt.hub.set_progress(run_id, {"run_id": run_id, "stage": data.stage, "percent": pct, "message": data.message[:200]})
+    # the retry is pending until the agent reports it is running the stage again
+    retry = auth.retry_stage is not None and data.stage != auth.retry_stage
+    cmd = heartbeat_command(auth.state, retry_pending=retry)
+    return HeartbeatReply(
+        cmd=cmd.value, state=auth.state,
+        stage=auth.retry_stage if retry else None,
+        override_flags=auth.override_flags if retry else {},
+    )
+
+
+def heartbeat_fast_path(app: Any) -> Any:
+    """Route middleware answering ``/heartbeat`` without Litestar's per-request
+    machinery (kwargs, DTO, guards, response objects): at 10,000 agents the server
+    takes 1,000 heartbeats a second, and this path costs a fraction of the generic one.
+    Same semantics as the handler: body limit (413), malformed body (400), run token
+    (401/403, finished runs within the grace period), the same reply."""
+
+    async def handle(scope: Any, receive: Any, send: Any) -> None:
+        request: Request = Request(scope, receive=receive)
+        run_id = int(scope["path_params"]["run_id"])
+        auth = await agent_auth(request, run_id, allow_finished=True)
+        body = await request.body()
+        try:
+            data = _hb_decoder.decode(body or b"{}")
+        except msgspec.ValidationError as exc:
+            raise ApiError(400, f"Validation failed for POST {scope['path']}: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, f"malformed JSON body: {exc}") from None
+        payload = _hb_encoder.encode(heartbeat_reply(runtime(request), run_id, auth, data))
+        await send({
+            "type": "http.response.start", "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        })
+        await send({"type": "http.response.body", "body": payload})
+
+    return handle
+
+
+class AgentController(Controller):
+    path = ""
+    tags = ["agent"]
+    guards = [agent_guard]
+
+    @post(RUN + "/hello", status_code=200, summary="Agent booted")
+    async def hello(self, request: Request, run_id: int, data: Hello) -> HelloReply:
+        await agent_auth(request, run_id)
+        return await runtime(request).service.hello(run_id, data, _peer(request))
+
+    @post(RUN + "/claim", status_code=200, summary="Claim the run: the stage plan")
+    async def claim(self, request: Request, run_id: int, data: Claim) -> ClaimReply:
+        await agent_auth(request, run_id)
+        return await runtime(request).service.claim(run_id, data)
+
+    @post(RUN + "/heartbeat", status_code=200, summary="Liveness; the reply carries cmd", opt={"allow_finished": True},
+          dto=FastBody[Heartbeat], return_dto=None, middleware=[heartbeat_fast_path])
+    async def heartbeat(self, request: Request, run_id: int, data: Heartbeat) -> HeartbeatReply:
+        # normally answered by heartbeat_fast_path; kept as the documented handler
+        auth = await agent_auth(request, run_id, allow_finished=True)
+        return heartbeat_reply(runtime(request), run_id, auth, data)
+
+    @post(RUN + "/log", status_code=200, summary="A batch of log lines", dto=FastBody[LogBatch], return_dto=None)
+    async def log(self, request: Request, run_id: int, data: LogBatch) -> BatchAck:
+        await agent_auth(request, run_id)
+        _check_seq(data.seq)
+        stored, dup = await runtime(request).ingest.logs(run_id, data.seq, data.lines)
+        return BatchAck(seq=data.seq, stored=stored, duplicate=dup)
+
+    @post(RUN + "/sensor", status_code=200, summary="A batch of samples: judged and stored", dto=FastBody[SensorBatch],
+          return_dto=None)
+    async def sensor(self, request: Request, run_id: int, data: SensorBatch) -> BatchAck:
+        await agent_auth(request, run_id)
+        _check_seq(data.seq)
+        try:
+            stored, dup, breaches = await runtime(request).ingest.sensor(run_id, data.seq, data.samples)
+        except TypeError as exc:  # e.g. naive and aware timestamps mixed in one batch
+            raise ApiError(422, f"samples: {exc}; give every ts a timezone (UTC 'Z')", {"field": "samples"}) from None
+        return BatchAck(seq=data.seq, stored=stored, duplicate=dup, breaches=breaches)
+
+    @post(RUN + "/result", status_code=200, summary="A stage result (idempotent)", dto=FastBody[StageResult], return_dto=None)
+    async def result(self, request: Request, run_id: int, data: StageResult) -> ResultReply:
+        await agent_auth(request, run_id)
+        return await runtime(request).service.result(run_id, data)
+
+    @post(RUN + "/hold", status_code=200, summary="Open a hold: receive an SSH key to authorize")
+    async def hold(self, request: Request, run_id: int, data: HoldRequest) -> HoldReply:
+        await agent_auth(request, run_id)
+        return await runtime(request).service.hold(run_id, data, _peer(request))
+
+    @post("/api/v1/agents/heartbeat", status_code=200, summary="Host-mode agent poll (host token)", guards=[host_agent_guard])
+    async def host_heartbeat(self, request: Request, data: HostHeartbeat) -> HostHeartbeatReply:
+        rt = runtime(request)
+        token = bearer(request)
+        if token is None:
+            raise unauthorized("missing host agent token: send 'Authorization: Bearer <host agent token>'")
+        h = token_hash(token)
+        host = await rt.db.fetchrow("SELECT id, name FROM hosts WHERE agent_token_hash = $1", h)
+        if host is None:
+            if await rt.db.fetchval("SELECT id FROM runs WHERE agent_token_hash = $1", h) is not None:
+                raise forbidden("this is a run token; host-mode polling needs the host's agent token")
+            raise unauthorized("invalid host agent token")
+        host_id = int(host["id"])
+        now = utcnow()
+        rt.host_seen[host_id] = (now, (data.ip or _peer(request) or "")[:100] or None, data.agent_version[:100])
+        poll = rt.settings.timeouts.heartbeat_interval_s
+        if data.busy:
+            return HostHeartbeatReply(cmd="idle", poll_interval_s=poll)
+        run = await rt.db.fetchrow(
+            "SELECT id, agent_token_hash FROM runs WHERE host_id = $1 AND state IN ('Queued', 'WaitingBoot', 'Booting', 'Running') "
+            "ORDER BY id LIMIT 1",
+            host_id,
+        )
+        if run is None:
+            return HostHeartbeatReply(cmd="idle", poll_interval_s=poll)
+        run_token = new_token("vr_")
+        async with rt.unit() as u:
+            n = await u.tx.execute(
+                "UPDATE runs SET agent_token_hash = $3, version = version + 1, changed_at = $4 WHERE id = $1 AND agent_token_hash = $2",
+                int(run["id"]), run["agent_token_hash"], token_hash(run_token), rt.changed_now(),
+            )
+            if n == 1:
+                u.fx.runs.add(int(run["id"]))
+                await u.event("agent", f"run token issued to the host-mode agent on {host['name']} ({data.hostname})",
+                              run_id=int(run["id"]), host_id=host_id)
+        if n != 1:
+            return HostHeartbeatReply(cmd="idle", poll_interval_s=1.0)  # a concurrent poll took it
+        return HostHeartbeatReply(cmd="run", run_id=int(run["id"]), run_token=run_token, poll_interval_s=poll)
+
+    @get("/ipxe/{mac:str}", summary="Per-MAC iPXE script", media_type="text/plain")
+    async def ipxe(self, request: Request, mac: str = Parameter(description="the booting NIC's MAC")) -> Response[str]:
+        rt = runtime(request)
+        try:
+            mac = normalize_mac(mac)
+        except FieldError as exc:
+            raise ApiError(422, str(exc), {"field": "mac"}) from None
+        host = await rt.db.fetchrow("SELECT id, name FROM hosts WHERE mac = $1", mac)
+        if host is None:
+            raise not_found(f"no host is registered with MAC {mac}")
+        run = await rt.db.fetchrow(
+            "SELECT id, agent_token_hash FROM runs WHERE host_id = $1 AND state IN ('Queued', 'WaitingBoot', 'Booting') "
+            "AND hello_at IS NULL ORDER BY id LIMIT 1",
+            int(host["id"]),
+        )
+        if run is None:
+            raise not_found(f"no run of host {host['name']} is waiting to boot")
+        token = new_token("vr_")
+        async with rt.unit() as u:
+            n = await u.tx.execute(
+                "UPDATE runs SET agent_token_hash = $3, version = version + 1, changed_at = $4 WHERE id = $1 AND agent_token_hash = $2",
+                int(run["id"]), run["agent_token_hash"], token_hash(token), rt.changed_now(),
+            )
+            u.fx.runs.add(int(run["id"]))
+            if n == 1:
+                await u.event("boot", f"iPXE script served to {mac}", run_id=int(run["id"]), host_id=int(host["id"]))
+        if n != 1:
+            raise ApiError(409, "another iPXE request for this host is being answered; retry")
+        p = rt.settings.pxe
+        params = f"vetting.server={rt.public_url} vetting.run={run['id']} vetting.token={token}"
+        script = (
+            "#!ipxe\n"
+            f"echo Vetting run {run['id']} for {host['name']}\n"
+            f"kernel {p.kernel_url or 'vmlinuz'} initrd=initrd.img boot=live {p.cmdline_extra} {params}\n"
+            f"initrd {p.initrd_url or 'initrd.img'}\n"
+            "boot\n"
+        )
+        return Response(script, media_type="text/plain", headers={"Cache-Control": "no-store"})

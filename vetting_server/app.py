@@ -1,0 +1,188 @@
+"""The Litestar application factory.
+
+``create_app(settings, registry=None)`` builds the app; the lifespan opens the
+database (SQLite file or PostgreSQL pool), applies migrations, reloads live runs,
+and starts the background tasks (ingest writer, dispatcher, watchdog, heartbeat
+flush, janitor, notification dispatcher) in one task group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+from litestar import Litestar, Request, Response
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.openapi import OpenAPIConfig
+
+from vetting_core import __version__
+from vetting_core.config import Settings
+from vetting_core.plugins import Registry, load_registry
+from vetting_core.protocol import ErrorBody
+
+from .api_agent import AgentController
+from .api_operator import EventController, HostController, RunController, SystemController
+from .errors import ApiError
+from .ingest import Ingest
+from .migrate import migrate
+from .reporting import Reporting
+from .runs import RunService
+from .runtime import Runtime
+from .scheduler import Scheduler
+
+log = structlog.get_logger()
+
+
+def _error(status: int, detail: str, extra: Any = None, headers: dict[str, str] | None = None) -> Response[ErrorBody]:
+    return Response(ErrorBody(status_code=status, detail=detail, extra=extra), status_code=status, headers=headers)
+
+
+def _api_error(request: Request, exc: ApiError) -> Response[ErrorBody]:
+    return _error(exc.status_code, exc.detail, exc.extra, exc.headers)
+
+
+def _validation_error(request: Request, exc: ValidationException) -> Response[ErrorBody]:
+    """A body or parameter that does not match its schema: 400, naming the field."""
+    extra = exc.extra if isinstance(exc.extra, (dict, list)) else None
+    detail = exc.detail or "invalid request"
+    if extra and isinstance(extra, list):
+        msgs = [f"{e.get('key', '')}: {e.get('message', '')}".strip(": ") for e in extra if isinstance(e, dict)]
+        if msgs:
+            detail = f"{detail}: {'; '.join(msgs)}"
+    return _error(400, detail, extra)
+
+
+def _http_error(request: Request, exc: HTTPException) -> Response[ErrorBody]:
+    extra = exc.extra if isinstance(exc.extra, (dict, list)) else None
+    detail = exc.detail
+    if isinstance(exc.__cause__, SerializationException):
+        detail = f"malformed JSON body: {detail}"
+    if exc.status_code == 413:
+        limit = request.route_handler.resolve_request_max_body_size() if request.scope.get("route_handler") else None
+        detail = f"request body too large (limit {limit} bytes)" if limit else "request body too large"
+    return _error(exc.status_code, detail, extra, getattr(exc, "headers", None))
+
+
+def _internal_error(request: Request, exc: Exception) -> Response[ErrorBody]:
+    log.exception("request.failed", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
+    return _error(500, f"internal error: {type(exc).__name__}; see the server log")
+
+
+_ERRORS = {
+    400: "malformed JSON or a body/parameter that does not match its schema",
+    401: "missing or invalid token",
+    403: "a token of another run, or of a finished run",
+    404: "no such host, run or report",
+    409: "conflict with the run's state, a different second result, a duplicate name or MAC",
+    413: "request body over the limit",
+    422: "invalid MAC, host name, expected spec, profile or stage (extra.field names it)",
+}
+
+
+def _document_errors(*controllers: type) -> None:
+    """Every handler documents the ErrorBody of its error responses in the OpenAPI doc."""
+    from litestar.handlers import HTTPRouteHandler
+    from litestar.openapi.datastructures import ResponseSpec
+
+    specs = {code: ResponseSpec(data_container=ErrorBody, description=text) for code, text in _ERRORS.items()}
+    for ctrl in controllers:
+        for value in vars(ctrl).values():
+            if isinstance(value, HTTPRouteHandler):
+                value.responses = {**specs, **(value.responses or {})}
+
+
+def create_app(settings: Settings, registry: Registry | None = None) -> Litestar:
+    if registry is None:
+        registry = load_registry(blocked=settings.plugins.disable)
+    rt = Runtime(settings, registry)
+    rt.service = RunService(rt)
+    rt.ingest = Ingest(rt)
+    rt.scheduler = Scheduler(rt)
+    rt.reporting = Reporting(rt)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        try:
+            await rt.db.open()
+        except Exception as exc:
+            log.error("database.unavailable", url=_safe_url(settings.database.url), error=f"{type(exc).__name__}: {exc}")
+            raise SystemExit(f"vetting: cannot open the database {_safe_url(settings.database.url)}: {exc}") from None
+        try:
+            await migrate(rt.db)
+            await rt.refresh_all_runs()
+            async with anyio.create_task_group() as tg:
+                rt.tg = tg
+                notifier = _notifier(rt)
+                if notifier is not None:
+                    await notifier.__aenter__()
+                    rt.notifier = notifier
+                tg.start_soon(rt.ingest.run)
+                tg.start_soon(rt.scheduler.run)
+                try:
+                    yield
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            await rt.scheduler.flush_heartbeats()
+                        except Exception as exc:
+                            log.error("shutdown.flush_failed", error=str(exc))
+                    if notifier is not None:
+                        # not inside the shield: the dispatcher's own task group must be
+                        # exited in the cancel-scope order it was entered
+                        rt.notifier = None
+                        await notifier.__aexit__(None, None, None)
+                    tg.cancel_scope.cancel()
+        finally:
+            rt.tg = None
+            await rt.db.close()
+
+    _document_errors(SystemController, AgentController, HostController, RunController, EventController)
+    # a subclass per app, so that two apps in one process keep their own limits
+    agent = type("AgentController", (AgentController,), {"request_max_body_size": settings.server.max_agent_body_bytes})
+    app = Litestar(
+        route_handlers=[SystemController, agent, HostController, RunController, EventController],
+        lifespan=[lifespan],
+        exception_handlers={
+            ApiError: _api_error,
+            ValidationException: _validation_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        openapi_config=OpenAPIConfig(title="Vetting orchestrator", version=__version__, path="/schema"),
+        request_max_body_size=settings.server.max_operator_body_bytes,
+        debug=False,
+    )
+    app.state.rt = rt
+    return app
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _notifier(rt: Runtime) -> Any:
+    """The notification dispatcher, when ``vetting_notifiers`` is installed and targets exist."""
+    try:
+        from vetting_notifiers.dispatch import NotificationDispatcher
+    except ImportError as exc:
+        log.warning("notifications.unavailable", error=str(exc))
+        return None
+    try:
+        return NotificationDispatcher(rt.registry, rt.settings.notifications, rt.record_delivery)
+    except Exception as exc:
+        log.error("notifications.config_failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+__all__ = ["create_app", "msgspec"]

@@ -1,0 +1,46 @@
+"""Errors the services raise, and their JSON form (:class:`vetting_core.protocol.ErrorBody`).
+
+Services raise :class:`ApiError` (no Litestar import needed); the app's exception
+handlers turn it, Litestar's own HTTP errors and anything unexpected into an
+``ErrorBody`` with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status_code: int, detail: str, extra: dict[str, Any] | list[Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+        self.extra = extra
+        self.headers = headers or {}
+
+
+def bad_request(detail: str, **extra: Any) -> ApiError:
+    return ApiError(400, detail, extra or None)
+
+
+def unauthorized(detail: str) -> ApiError:
+    return ApiError(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def forbidden(detail: str) -> ApiError:
+    return ApiError(403, detail)
+
+
+def not_found(detail: str) -> ApiError:
+    return ApiError(404, detail)
+
+
+def conflict(detail: str, **extra: Any) -> ApiError:
+    return ApiError(409, detail, extra or None)
+
+
+def unprocessable(field: str, message: str) -> ApiError:
+    return ApiError(422, f"{field}: {message}", {"field": field})

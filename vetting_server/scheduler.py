@@ -1,0 +1,228 @@
+"""Background work of the server: dispatcher, watchdog, heartbeat flush, janitor.
+
+- **Dispatcher**: moves ``Queued`` runs to ``WaitingBoot`` while fewer than
+  ``dispatcher.concurrency`` runs are booting or running, then asks the host's boot
+  provider plugin to ``power_on`` (→ ``Booting``, or ``Failed`` with the provider's
+  error). Woken at once when a run is created, and every ``dispatcher.interval_s``.
+- **Watchdog** (every second): boot timeout (no hello within ``timeouts.boot_s``),
+  heartbeat timeout (→ ``AgentLost``), stage timeout (the stage's ``timeout_s`` plus
+  ``timeouts.stage_grace_s``), and runs left in ``Reporting`` by a crash. Timers
+  are not in memory: they are recomputed from the database every tick, so a
+  restarted server re-arms them; a restart also counts as a fresh heartbeat
+  (``last heartbeat = max(stored, server start)``) so agents get a full timeout to
+  reach the new process.
+- **Heartbeat flush**: heartbeats are kept in memory and written to
+  ``runs.last_heartbeat_at`` / ``hosts.last_seen_at`` in one transaction every
+  two seconds (a heartbeat costs no database round trip).
+- **Janitor**: deletes artifact files and log lines past retention; run history
+  rows are never deleted.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+
+from vetting_core.statemachine import RunEventType, RunState
+
+from .database import as_dt, utcnow
+from .runtime import Runtime
+
+log = structlog.get_logger()
+
+E = RunEventType
+
+
+class BootHost(msgspec.Struct, kw_only=True):
+    """What a boot provider's ``power_on(host, …)`` receives."""
+
+    id: int
+    name: str
+    mac: str
+    boot_provider: str
+    boot_config: dict[str, Any] = {}
+
+
+class Scheduler:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.db = rt.db
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._loop, "dispatcher", self.dispatch_once, self.rt.settings.dispatcher.interval_s, True)
+            tg.start_soon(self._loop, "watchdog", self.watchdog_once, 1.0, False)
+            tg.start_soon(self._loop, "heartbeats", self.flush_heartbeats, 2.0, False)
+            tg.start_soon(self._loop, "cache", self.rt.refresh_all_runs, 1.0, False)
+            tg.start_soon(
+                self._loop, "janitor", self.janitor_once, self.rt.settings.retention.janitor_interval_minutes * 60, False
+            )
+
+    async def _loop(self, name: str, fn: Any, interval: float, wakeable: bool) -> None:
+        while True:
+            try:
+                await fn()
+            except Exception as exc:
+                log.exception("scheduler.failed", task=name, error=f"{type(exc).__name__}: {exc}")
+            if wakeable:
+                with anyio.move_on_after(interval):
+                    await self.rt.dispatch_wake.wait()
+                self.rt.dispatch_wake = anyio.Event()
+            else:
+                await anyio.sleep(interval)
+
+    # ------------------------------------------------------------------ dispatcher
+    async def dispatch_once(self) -> None:
+        svc = self.rt.service
+        active = await self.db.fetchval(
+            "SELECT count(*) FROM runs WHERE state IN ('WaitingBoot', 'Booting', 'Running', 'Reporting')"
+        )
+        free = self.rt.settings.dispatcher.concurrency - int(active or 0)
+        if free <= 0:
+            return
+        queued = await self.db.fetch(
+            "SELECT r.id, h.id AS host_id, h.name, h.mac, h.boot_provider, h.boot_config_json FROM runs r "
+            "JOIN hosts h ON h.id = r.host_id WHERE r.state = 'Queued' "
+            "AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.host_id = r.host_id AND o.id <> r.id "
+            "AND o.state IN ('WaitingBoot', 'Booting', 'Running', 'Reporting')) ORDER BY r.id LIMIT $1",
+            free,
+        )
+        for row in queued:
+            run = await svc.apply(int(row["id"]), E.dispatch, expect={"Queued"}, message="dispatched: powering the host on")
+            if run is None:
+                continue  # another replica took it, or the agent said hello first
+            self.rt.spawn(lambda row=row: self._power_on(row))
+
+    async def _power_on(self, row: dict[str, Any]) -> None:
+        svc = self.rt.service
+        run_id = int(row["id"])
+        provider = self.rt.registry.boot_providers.get(row["boot_provider"])
+        host = BootHost(
+            id=int(row["host_id"]), name=row["name"], mac=row["mac"], boot_provider=row["boot_provider"],
+            boot_config=msgspec.json.decode(row["boot_config_json"] or "{}"),
+        )
+        if provider is None:
+            await svc.apply(run_id, E.boot_failed, expect={"WaitingBoot"},
+                            reason=f"boot provider {row['boot_provider']!r} is not installed")
+            return
+        try:
+            config = msgspec.convert(host.boot_config, provider.config_type) if provider.config_type else host.boot_config
+            with anyio.fail_after(60):
+                message = await provider.factory(config).power_on(host, boot_target="pxe")
+        except Exception as exc:
+            await svc.apply(run_id, E.boot_failed, expect={"WaitingBoot"},
+                            reason=f"boot provider {row['boot_provider']} failed: {type(exc).__name__}: {exc}")
+            return
+        await svc.apply(run_id, E.boot_requested, expect={"WaitingBoot"}, boot_message=str(message)[:2000],
+                        message=f"boot requested: {message}")
+
+    # ------------------------------------------------------------------ watchdog
+    async def watchdog_once(self) -> None:
+        rt, svc = self.rt, self.rt.service
+        t = rt.settings.timeouts
+        now = utcnow()
+        rows = await self.db.fetch(
+            "SELECT r.id, r.state, r.state_changed_at, r.hello_at, r.last_heartbeat_at, r.current_stage, "
+            "s.started_at AS stage_started_at, s.timeout_s FROM runs r "
+            "LEFT JOIN stages s ON s.run_id = r.id AND s.name = r.current_stage "
+            "WHERE r.state IN ('WaitingBoot', 'Booting', 'Running', 'Reporting')"
+        )
+        for r in rows:
+            run_id = int(r["id"])
+            state = r["state"]
+            changed = max(as_dt(r["state_changed_at"]), rt.started_at)
+            if state == RunState.Reporting.value:
+                if (now - changed).total_seconds() > 60 and run_id not in rt.reporting.active:
+                    rt.spawn(lambda run_id=run_id: rt.reporting.build(run_id))
+                continue
+            hb = [d for d in (as_dt(r["last_heartbeat_at"]), rt.last_heartbeat.get(run_id), rt.heartbeats.get(run_id)) if d]
+            last_hb = max(hb) if hb else None
+            if last_hb is not None:
+                last_hb = max(last_hb, rt.started_at)
+            if state in (RunState.WaitingBoot.value, RunState.Booting.value) and r["hello_at"] is None:
+                if (now - changed).total_seconds() > t.boot_s:
+                    await svc.apply(run_id, E.timeout, expect={state},
+                                    reason=f"boot timeout: no agent said hello within {t.boot_s:.0f}s")
+                continue
+            if state in (RunState.Booting.value, RunState.Running.value) and last_hb is not None:
+                silent = (now - last_hb).total_seconds()
+                if silent > t.heartbeat_timeout_s:
+                    await svc.apply(run_id, E.agent_lost, expect={state}, stage=r["current_stage"],
+                                    failed_stage=r["current_stage"],
+                                    reason=f"agent lost: no heartbeat for {silent:.0f}s (timeout {t.heartbeat_timeout_s:.0f}s)")
+                    continue
+            if state == RunState.Running.value and r["stage_started_at"] is not None and r["timeout_s"] is not None:
+                started = max(as_dt(r["stage_started_at"]), rt.started_at)
+                limit = float(r["timeout_s"]) + t.stage_grace_s
+                if (now - started).total_seconds() > limit:
+                    await svc.apply(run_id, E.timeout, expect={state}, stage=r["current_stage"],
+                                    failed_stage=r["current_stage"],
+                                    reason=f"stage {r['current_stage']} exceeded its timeout ({limit:.0f}s incl. grace)")
+
+    # ------------------------------------------------------------------ heartbeats
+    async def flush_heartbeats(self) -> None:
+        rt = self.rt
+        runs, rt.heartbeats = rt.heartbeats, {}
+        hosts, rt.host_seen = rt.host_seen, {}
+        if not runs and not hosts:
+            return
+        async with rt.db.transaction() as tx:
+            if runs:
+                await tx.executemany(
+                    "UPDATE runs SET last_heartbeat_at = $2 WHERE id = $1", [(k, v) for k, v in runs.items()]
+                )
+            if hosts:
+                await tx.executemany(
+                    "UPDATE hosts SET last_seen_at = $2, last_seen_ip = $3, agent_version = $4 WHERE id = $1",
+                    [(k, v[0], v[1], v[2]) for k, v in hosts.items()],
+                )
+
+    # ------------------------------------------------------------------ janitor
+    async def janitor_once(self) -> dict[str, int]:
+        """Delete artifact files (and their rows) and log lines past retention."""
+        rt = self.rt
+        r = rt.settings.retention
+        now = utcnow()
+        removed = {"artifacts": 0, "log_lines": 0}
+        cutoff = now - timedelta(days=r.artifacts_days)
+        arts = await self.db.fetch(
+            "SELECT a.id, a.path FROM artifacts a JOIN runs r ON r.id = a.run_id WHERE a.location = 'server' "
+            "AND r.completed_at IS NOT NULL AND r.completed_at < $1",
+            cutoff,
+        )
+        for a in arts:
+            p = Path(a["path"])
+            if _inside(p, rt.data_dir):
+                p.unlink(missing_ok=True)
+            await self.db.execute("DELETE FROM artifacts WHERE id = $1", int(a["id"]))
+            removed["artifacts"] += 1
+        log_cutoff = now - timedelta(days=r.logs_days)
+        old = await self.db.fetch(
+            "SELECT id FROM runs WHERE completed_at IS NOT NULL AND completed_at < $1", log_cutoff
+        )
+        for row in old:
+            removed["log_lines"] += await self.db.execute("DELETE FROM log_lines WHERE run_id = $1", int(row["id"]))
+        if any(removed.values()):
+            log.info("janitor.swept", **removed)
+        return removed
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def monotonic() -> float:
+    return time.monotonic()
+
+
+__all__ = ["BootHost", "Scheduler", "datetime"]

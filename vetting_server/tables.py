@@ -1,0 +1,265 @@
+"""Piccolo tables: the schema as Python classes (seed 000 plus this design's tables).
+
+The authoritative DDL is ``migrations/*.sql`` (one template rendered for SQLite and
+PostgreSQL, applied by :mod:`.migrate`); a test checks that these classes and the
+migrated database have the same tables and columns. The hot paths use SQL through
+:mod:`.database` (see its docstring for why); these classes are for readers, tools
+and ad-hoc Piccolo queries (``Hosts.select().where(Hosts.mac == ...)`` after
+pointing ``Hosts._meta.db`` at an engine).
+
+The timestamps of the append-only hot tables (``measurements.ts``, ``log_lines.ts``,
+``threshold_evaluations.ts``, ``threshold_tallies.first_ts/last_ts``) are
+``TIMESTAMPTZ`` on PostgreSQL but REAL Unix seconds on SQLite (see
+:mod:`.database`); they are declared ``Timestamptz`` here for the PostgreSQL shape.
+
+Tables with a composite primary key in SQL (``batches``, ``stage_results``,
+``threshold_tallies``) have no ``id`` column; Piccolo adds a nominal one here.
+"""
+
+from __future__ import annotations
+
+from piccolo.columns import (
+    BigInt,
+    Boolean,
+    DoublePrecision,
+    ForeignKey,
+    Integer,
+    Text,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.columns.base import OnDelete
+from piccolo.table import Table
+
+
+class Hosts(Table, tablename="hosts"):
+    name = Text(unique=True)
+    mac = Text(unique=True)
+    boot_provider = Text(default="manual")
+    boot_config_json = Text(default="{}")
+    expected_spec_yaml = Text(default="")
+    notes = Text(default="")
+    agent_token_hash = Text(null=True, unique=True)
+    created_at = Timestamptz()
+    updated_at = Timestamptz()
+    last_seen_at = Timestamptz(null=True)
+    last_seen_ip = Text(null=True)
+    agent_version = Text(null=True)
+
+
+class Runs(Table, tablename="runs"):
+    host_id = ForeignKey(Hosts, on_delete=OnDelete.cascade)
+    state = Text()
+    version = BigInt(default=0)
+    changed_at = Timestamptz(null=True)  # every version bump; REAL seconds on SQLite
+    result = Text(null=True)
+    failed_stage = Text(null=True)
+    reason = Text(null=True)
+    current_stage = Text(null=True)
+    retry_stage = Text(null=True)
+    next_boot_target = Text(null=True)
+    agent_token_hash = Text()
+    profile = Text(default="quick")
+    non_destructive = Boolean()
+    requested_stages_json = Text(null=True)
+    override_flags_json = Text(default="{}")
+    inventory_json = Text(null=True)
+    expected_spec_json = Text(null=True)
+    hold_ip = Text(null=True)
+    hold_expires_at = Timestamptz(null=True)
+    report_path = Text(null=True)
+    boot_message = Text(null=True)
+    agent_version = Text(null=True)
+    agent_hostname = Text(null=True)
+    agent_ip = Text(null=True)
+    actor = Text(null=True)
+    started_at = Timestamptz()
+    state_changed_at = Timestamptz()
+    hello_at = Timestamptz(null=True)
+    last_heartbeat_at = Timestamptz(null=True)
+    completed_at = Timestamptz(null=True)
+
+
+class Stages(Table, tablename="stages"):
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    name = Text()
+    ordinal = Integer()
+    state = Text(default="pending")
+    runs_on = Text(default="agent")
+    destructive = Boolean()
+    timeout_s = DoublePrecision()
+    params_json = Text(default="{}")
+    attempt = Integer(default=0)
+    reason = Text(null=True)
+    started_at = Timestamptz(null=True)
+    completed_at = Timestamptz(null=True)
+    summary_json = Text(null=True)
+
+
+class SubSteps(Table, tablename="sub_steps"):
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    stage_name = Text()
+    ordinal = Integer()
+    name = Text()
+    state = Text(default="pending")
+    reason = Text(null=True)
+    started_at = Timestamptz(null=True)
+    completed_at = Timestamptz(null=True)
+    summary_json = Text(default="{}")
+
+
+class Measurements(Table, tablename="measurements"):
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    stage_id = ForeignKey(Stages, on_delete=OnDelete.set_null, null=True)
+    ts = Timestamptz()
+    kind = Text()
+    key = Text()
+    value = DoublePrecision(null=True)
+    unit = Text(null=True)
+    text = Text(null=True)
+
+
+class LogLines(Table, tablename="log_lines"):
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    stage = Text(null=True)
+    ts = Timestamptz()
+    level = Varchar(length=20)
+    message = Text()
+
+
+class Batches(Table, tablename="batches"):
+    """Primary key (run_id, stream, seq): a retried batch is stored once."""
+
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    stream = Text()
+    seq = BigInt()
+    count = Integer()
+    breaches = Integer(default=0)
+    received_at = Timestamptz()
+
+
+class StageResults(Table, tablename="stage_results"):
+    """Primary key (run_id, stage_name, attempt): the idempotency record of /result."""
+
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    stage_name = Text()
+    attempt = Integer()
+    body_hash = Text()
+    reply_json = Text()
+    received_at = Timestamptz()
+
+
+class Artifacts(Table, tablename="artifacts"):
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    stage_id = ForeignKey(Stages, on_delete=OnDelete.set_null, null=True)
+    kind = Text()
+    path = Text()
+    sha256 = Text()
+    size_bytes = BigInt()
+    location = Text(default="agent")
+    created_at = Timestamptz()
+
+
+class SpecDiffs(Table, tablename="spec_diffs"):
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    stage_name = Text(null=True)
+    field = Text()
+    expected = Text(null=True)
+    actual = Text(null=True)
+    severity = Text()
+    message = Text(default="")
+    ignored = Boolean(default=False)
+
+
+class Thresholds(Table, tablename="thresholds"):
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    ordinal = Integer()
+    stage_name = Text()
+    kind = Text()
+    key = Text()
+    op = Text()
+    threshold = DoublePrecision(null=True)
+    threshold_text = Text(null=True)
+    nominal = DoublePrecision(default=0.0)
+    unit = Text(default="")
+    severity = Text()
+    source = Text()
+
+
+class ThresholdEvaluations(Table, tablename="threshold_evaluations"):
+    """Breaches, one row per sample (passes are tallied in ``threshold_tallies``)."""
+
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    threshold_id = ForeignKey(Thresholds, on_delete=OnDelete.cascade)
+    stage_name = Text()
+    kind = Text()
+    key = Text()
+    ts = Timestamptz()
+    observed = DoublePrecision(null=True)
+    observed_text = Text(null=True)
+    passed = Boolean()
+    severity = Text()
+
+
+class ThresholdTallies(Table, tablename="threshold_tallies"):
+    """Primary key (run_id, threshold_id, stage_name, key): passes and breaches counted."""
+
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    threshold_id = ForeignKey(Thresholds, on_delete=OnDelete.cascade)
+    stage_name = Text()
+    key = Text()
+    passed_count = BigInt()
+    breach_count = BigInt()
+    min_observed = DoublePrecision(null=True)
+    max_observed = DoublePrecision(null=True)
+    first_ts = Timestamptz()
+    last_ts = Timestamptz()
+
+
+class FirmwareSnapshots(Table, tablename="firmware_snapshots"):
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    component = Text()
+    identifier = Text()
+    version = Text()
+    vendor = Text(default="")
+    raw_json = Text(default="{}")
+
+
+class Events(Table, tablename="events"):
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=True)
+    host_id = ForeignKey(Hosts, on_delete=OnDelete.cascade, null=True)
+    ts = Timestamptz()
+    level = Text()
+    kind = Text()
+    message = Text()
+    actor = Text(null=True)
+    data_json = Text(null=True)
+
+
+class Settings(Table, tablename="settings"):
+    """Key-value store (primary key ``key``)."""
+
+    key = Text(primary_key=True)
+    value = Text()
+
+
+class Users(Table, tablename="users"):
+    name = Text(unique=True)
+    password_hash = Text(null=True)  # scrypt; NULL: API tokens only
+    created_at = Timestamptz()
+    disabled = Boolean(default=False)
+
+
+class ApiTokens(Table, tablename="api_tokens"):
+    user_id = ForeignKey(Users, on_delete=OnDelete.cascade)
+    name = Text(default="")
+    token_hash = Text(unique=True)  # SHA-256 of the token
+    created_at = Timestamptz()
+    last_used_at = Timestamptz(null=True)
+    revoked = Boolean(default=False)
+
+
+TABLES: tuple[type[Table], ...] = (
+    Hosts, Runs, Stages, SubSteps, Measurements, LogLines, Batches, StageResults, Artifacts, SpecDiffs,
+    Thresholds, ThresholdEvaluations, ThresholdTallies, FirmwareSnapshots, Events, Settings, Users, ApiTokens,
+)
