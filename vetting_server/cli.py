@@ -436,11 +436,8 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        from . import demo
-    except ImportError as exc:
-        print(f"vetting demo is not available in this installation: {exc}", file=sys.stderr)
-        return 2
+    from . import demo
+
     return int(demo.main(args) or 0)
 
 
@@ -534,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dir", help="working directory for the demo (default: a temporary one)")
     d.add_argument("--port", type=int, default=0)
     d.add_argument("--profile", default="quick")
+    d.add_argument("--stage", action="append", help="run only these stages (repeatable; default: the profile's)")
     d.add_argument("--keep", action="store_true", help="keep the server running at the end")
     d.set_defaults(func=cmd_demo)
     return p
