@@ -2,8 +2,10 @@
 write the reports with :func:`vetting_reports.write_reports` (JSON, HTML, OCPTV).
 
 Runs in the background after ``pipeline_done`` (the agent's ``/result`` is not held
-up); the watchdog restarts it for a run a crash left in ``Reporting``. The report
-files are stored under ``data_dir/reports/run-<id>/`` and recorded as artifacts;
+up); the watchdog restarts it for a run a crash left in ``Reporting``. A run that
+fails gets its report too, written when it enters ``Failed`` (the state is left
+alone; a later override that completes the run rewrites it). The report files are
+stored under ``data_dir/reports/run-<id>/`` and recorded as artifacts;
 ``runs.report_path`` points at the JSON report.
 """
 
@@ -155,7 +157,7 @@ class Reporting:
     async def _build(self, run_id: int) -> None:
         rt = self.rt
         state = await rt.db.fetchval("SELECT state FROM runs WHERE id = $1", run_id)
-        if state != "Reporting":
+        if state not in ("Reporting", "Failed", "FailedHolding"):
             return
         record = await build_record(rt, run_id)
         out = self.out_dir(run_id)
@@ -175,11 +177,14 @@ class Reporting:
                     run_id, "report" if fmt == "json" else f"report_{fmt}", str(path.resolve()),
                     hashlib.sha256(data).hexdigest(), len(data), now,
                 )
+            report_path = str(Path(paths.get("json") or next(iter(paths.values()))).resolve())
             run = await u.tx.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
-            await rt.service.transition(
-                u, run, RunEventType.report_done, report_path=str(Path(paths.get("json") or next(iter(paths.values()))).resolve()),
-                message="report written: run completed",
-            )
+            if run["state"] == "Reporting":
+                await rt.service.transition(u, run, RunEventType.report_done, report_path=report_path,
+                                            message="report written: run completed")
+            else:
+                await u.tx.execute("UPDATE runs SET report_path = $2 WHERE id = $1", run_id, report_path)
+                await u.event("report_written", f"report of the failed run written: {report_path}", run_id=run_id)
 
 
 async def _in_thread(fn: Any) -> Any:

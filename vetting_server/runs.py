@@ -141,6 +141,9 @@ class RunService:
             data={"from": run["state"], "to": t.next.value, "event": event.value, "reason": reason, "stage": stage},
         )
         u.fx.runs.add(int(run["id"]))
+        if t.next is RunState.Failed:
+            # a failed run needs its report most: what failed and why, for the operator
+            u.fx.after.append(lambda rid=int(run["id"]): self.rt.reporting.build(rid))
         if t.notify is not None:
             host_name = await u.tx.fetchval("SELECT name FROM hosts WHERE id = $1", int(run["host_id"]))
             u.fx.run_events.append(

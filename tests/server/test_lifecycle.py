@@ -86,6 +86,19 @@ async def test_critical_breach_fails_a_passed_stage(env):
     tally = {t["key"]: t for t in d["tallies"]}
     assert tally["cpu/0"]["breaches"] == 1 and tally["cpu/0"]["max_observed"] == 97.5
 
+    # a failed run gets its report too, with what failed at the top; the state stays
+    import anyio
+
+    with anyio.fail_after(10):
+        while not (await env.detail(run_id))["run"]["report_path"]:
+            await anyio.sleep(0.05)
+    d = await env.detail(run_id)
+    assert d["run"]["state"] in ("Failed", "FailedHolding") and d["run"]["result"] == "fail"
+    rep = (await env.op("GET", f"/api/v1/runs/{run_id}/report/json")).json()
+    assert rep["run"]["result"] == "fail"
+    html = await env.op("GET", f"/api/v1/runs/{run_id}/report/html")
+    assert html.status_code == 200 and "temp cpu/0" in html.text
+
 
 async def test_breach_inside_result_measurements_fails_stage(env):
     run_id, tok = await env.running()

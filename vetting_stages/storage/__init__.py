@@ -176,6 +176,23 @@ async def _fio(ctx: StageContext, name: str, path: str, job: str, step, samples:
     return parsed
 
 
+def refused_open(path: str) -> str | None:
+    """Why this process may not read ``path`` at all, or None.
+
+    A container or a sandbox denies device access (EPERM/EACCES) however healthy the
+    disk is: that is a setup limit, reported as a skip with the reason, not a disk
+    failure. Any other error on open (EIO, ENXIO) is left to fio and fails the disk.
+    Opening read-only writes nothing, whatever the gates say.
+    """
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except PermissionError as exc:
+        return f"cannot open {path} for reading: {exc.strerror} (the agent needs root and access to the device)"
+    except OSError:
+        pass
+    return None
+
+
 def _fail(step, message: str) -> None:
     """Fail a sub-step, keeping earlier reasons (two jobs may fail on one disk)."""
     previous = step.step.reason if step.step.state is Verdict.failed else None
@@ -213,9 +230,16 @@ async def run(ctx: StageContext) -> None:
     rules: list[ThresholdRule] = []
     samples: list[Measurement] = []
     jobs = ["seqread", "randread"] + (["seqwrite_verify", "randwrite_verify"] if destructive and ctx.params.get("fio_write", True) else [])
+    unopenable = 0
     for i, disk in enumerate(targets):
         name, path = disk.get("name") or safe_name(disk["path"]), disk["path"]
         async with ctx.substep(name) as step:
+            why = refused_open(path)
+            if why:
+                unopenable += 1
+                step.skip(why)
+                ctx.log(f"skipping {path}: {why}", level="warning")
+                continue
             entry = None
             if spec is not None:
                 d = msgspec.convert({k: v for k, v in disk.items() if k in Disk.__struct_fields__}, Disk)
@@ -242,6 +266,8 @@ async def run(ctx: StageContext) -> None:
             if smart_before.get("verdict") in ("passed", "failed"):
                 after, _ = await read_smart(ctx, path)
                 record_counters(ctx, name, after)
+    if unopenable == len(targets):
+        raise StageSkipped(f"no disk could be opened for reading ({unopenable} skipped)")
     if rules:
         engine = ThresholdEngine(rules, {op.name: op for op in BUILTIN_OPERATORS})
         breaches = engine.evaluate(samples).breaches

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -270,3 +272,31 @@ def test_signature_findings_from_captured_blkid_and_wipefs(name, expected):
         assert len(sigs) == 3  # primary + backup GPT header and the protective MBR: one finding
     if name == "ext4-labelled":
         assert "LABEL=scratch" in found[0]["detail"]
+
+
+@pytest.mark.root
+def test_a_disk_the_agent_may_not_open_is_skipped_with_the_reason(tmp_path, loops):
+    # a sandbox or container denies device access however healthy the disk is: the
+    # stage runs here as an unprivileged user against a real (root-only) loop device
+    dev = loops.attach(loops.image("blank.img", 16), readonly=True)
+    os.chmod(dev, 0o600)
+    script = (
+        "import anyio, json, sys; from pathlib import Path\n"
+        "from tests.stages.part1.test_storage import storage\n"
+        "async def main():\n"
+        "    ctx, r = await storage(Path(sys.argv[1]), [sys.argv[2]], destructive=False, spec=None, smart=False)\n"
+        "    print(json.dumps({'verdict': r.verdict.value, 'reason': r.reason,\n"
+        "                      'steps': [(s.state.value, s.reason) for s in r.substeps]}))\n"
+        "anyio.run(main)\n"
+    )
+    work = tmp_path / "nobody"
+    work.mkdir()
+    os.chmod(work, 0o777)
+    res = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script, str(work), dev],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[3], timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["verdict"] == "skipped" and "could be opened" in out["reason"]
+    assert out["steps"][0][0] == "skipped" and f"cannot open {dev} for reading" in out["steps"][0][1]
