@@ -160,6 +160,9 @@ class Reporting:
         if state not in ("Reporting", "Failed", "FailedHolding"):
             return
         record = await build_record(rt, run_id)
+        finished = utcnow()
+        if state == "Reporting":  # the report is the last step: it describes the completed run
+            record.run = msgspec.structs.replace(record.run, state="Completed", result="pass", completed_at=finished)
         out = self.out_dir(run_id)
         out.mkdir(parents=True, exist_ok=True)
         from vetting_reports import write_reports
@@ -181,7 +184,7 @@ class Reporting:
             run = await u.tx.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
             if run["state"] == "Reporting":
                 await rt.service.transition(u, run, RunEventType.report_done, report_path=report_path,
-                                            message="report written: run completed")
+                                            completed_at=finished, message="report written: run completed")
             else:
                 await u.tx.execute("UPDATE runs SET report_path = $2 WHERE id = $1", run_id, report_path)
                 await u.event("report_written", f"report of the failed run written: {report_path}", run_id=run_id)

@@ -185,7 +185,10 @@ class Scheduler:
 
     # ------------------------------------------------------------------ janitor
     async def janitor_once(self) -> dict[str, int]:
-        """Delete artifact files (and their rows) and log lines past retention."""
+        """Delete artifact files (and their rows) and log lines past retention.
+
+        Reports are kept with the run history: they are the run's summary, small, and
+        what an operator opens a year later to compare a host with itself."""
         rt = self.rt
         r = rt.settings.retention
         now = utcnow()
@@ -193,7 +196,7 @@ class Scheduler:
         cutoff = now - timedelta(days=r.artifacts_days)
         arts = await self.db.fetch(
             "SELECT a.id, a.path FROM artifacts a JOIN runs r ON r.id = a.run_id WHERE a.location = 'server' "
-            "AND r.completed_at IS NOT NULL AND r.completed_at < $1",
+            "AND a.kind NOT LIKE 'report%' AND r.completed_at IS NOT NULL AND r.completed_at < $1",
             cutoff,
         )
         for a in arts:

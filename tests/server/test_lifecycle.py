@@ -56,7 +56,11 @@ async def test_full_run_completes_with_report(env):
     assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
     assert "node1" in html.text
     rep = (await env.op("GET", f"/api/v1/runs/{run_id}/report/json")).json()
-    assert str(run_id) in str(rep)
+    assert rep["run"]["id"] == run_id
+    # the report describes the finished run, not the Reporting step that wrote it
+    assert (rep["run"]["state"], rep["run"]["result"]) == ("Completed", "pass")
+    assert rep["run"]["completed_at"] and rep["run"]["duration_s"] is not None
+    assert rep["run"]["completed_at"][:19] == d["run"]["completed_at"][:19]
     ocptv = await env.op("GET", f"/api/v1/runs/{run_id}/report/ocptv")
     assert ocptv.status_code == 200 and "testRunStart" in ocptv.text
 

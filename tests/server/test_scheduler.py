@@ -194,8 +194,14 @@ async def test_janitor_removes_old_files_keeps_history(env):
 
     async with rt.db.transaction() as tx:
         await tx.execute("UPDATE runs SET completed_at = $2 WHERE id = $1", run_id, as_dt(old) - timedelta(days=90))
+    import anyio
+
+    with anyio.fail_after(10):  # the failed run's report is written in the background
+        while not (await env.detail(run_id))["run"]["report_path"]:
+            await anyio.sleep(0.05)
     removed = await rt.scheduler.janitor_once()
-    assert removed == {"artifacts": 1, "log_lines": 1}
+    assert removed == {"artifacts": 1, "log_lines": 1}  # the hold key; the reports stay
+    assert (await env.op("GET", f"/api/v1/runs/{run_id}/report/json")).status_code == 200
     import os
 
     assert not os.path.exists(key["path"])
