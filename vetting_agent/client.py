@@ -33,6 +33,10 @@ from vetting_core.protocol import (
     HoldRequest,
     HostHeartbeat,
     HostHeartbeatReply,
+    PeerRelease,
+    PeerReleaseReply,
+    PeerReply,
+    PeerRequest,
     ResultReply,
 )
 
@@ -144,6 +148,12 @@ class AgentClient:
 
     async def hold(self, body: HoldRequest) -> HoldReply:
         return await self.post(self.run_path("hold"), body, HoldReply)
+
+    async def peer(self, body: PeerRequest) -> PeerReply:
+        return await self.post(self.run_path("peer"), body, PeerReply)
+
+    async def release_peer(self, body: PeerRelease) -> PeerReleaseReply:
+        return await self.post(self.run_path("peer/release"), body, PeerReleaseReply)
 
     async def host_heartbeat(self, body: HostHeartbeat) -> HostHeartbeatReply:
         return await self.post("/api/v1/agents/heartbeat", body, HostHeartbeatReply)

@@ -10,17 +10,14 @@ and the InventoryCheck stage gets the registered probes.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vetting_core.context import Sink, StageContext, execute_stage, utcnow
+from vetting_core.context import Peers, Sink, StageContext, execute_stage, utcnow
 from vetting_core.model import ThresholdRule, Verdict
 from vetting_core.plugins import Registry, UnknownNameError
 from vetting_core.protocol import PlannedStage, StageResult
-
-_CTX_PARAMS = set(inspect.signature(StageContext.__init__).parameters)
 
 
 def build_context(
@@ -36,8 +33,10 @@ def build_context(
     non_destructive: bool,
     override_flags: Mapping[str, Any] | None,
     thresholds: Sequence[ThresholdRule],
+    peers: Peers | None = None,
 ) -> StageContext:
-    kwargs: dict[str, Any] = dict(
+    """The context of one planned stage; InventoryCheck gets the registered probes."""
+    return StageContext(
         stage=planned.name,
         sink=sink,
         workdir=workdir / f"{planned.ordinal:02d}-{planned.name}",
@@ -49,20 +48,9 @@ def build_context(
         non_destructive=non_destructive,
         override_flags=override_flags,
         thresholds=thresholds,
+        probes=list(registry.probes.values()),
+        peers=peers,
     )
-    # the inventory stage needs the registered probes (and the registry, for plugins
-    # that look further); pass them the way this version of the core accepts them
-    probes = list(registry.probes.values())
-    if "probes" in _CTX_PARAMS:
-        kwargs["probes"] = probes
-    if "registry" in _CTX_PARAMS:
-        kwargs["registry"] = registry
-    ctx = StageContext(**kwargs)
-    if "probes" not in _CTX_PARAMS:
-        ctx.probes = probes  # type: ignore[attr-defined]
-    if "registry" not in _CTX_PARAMS:
-        ctx.registry = registry  # type: ignore[attr-defined]
-    return ctx
 
 
 def missing_plugin_result(name: str, error: Exception) -> StageResult:

@@ -47,6 +47,7 @@ from .backoff import Backoff, jittered
 from .client import AgentClient, AuthRejected, ClientError, Rejected, Unreachable, decode_ack, decode_result_reply
 from .cmdline import RunCoordinates
 from .execution import build_context, run_planned
+from .peers import orchestrator_peers
 from .hold import DEFAULT_AUTHORIZED_KEYS, install_key
 from .inventory import INVENTORY_STAGE
 from .inventory import collect as collect_inventory
@@ -85,6 +86,7 @@ class AgentOptions:
     sensor_interval_s: float = 1.0
     ipmi_interval_s: float = 30.0
     http_timeout_s: float = 15.0
+    peer_wait_s: float = 600.0  # how long a stage waits for a test peer (iperf3 port) from the orchestrator
     transport: httpx.AsyncBaseTransport | None = None
 
 
@@ -393,6 +395,10 @@ class RunSession:
                 non_destructive=non_destructive,
                 override_flags=override,
                 thresholds=claim.thresholds,
+                peers=orchestrator_peers(
+                    self.client, planned.name, wait_s=self.options.peer_wait_s,
+                    backoff=Backoff(self.options.backoff_initial_s, self.options.backoff_cap_s),
+                ),
             )
             self.sidecar.stage = planned.name
             result = None

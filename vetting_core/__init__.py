@@ -8,6 +8,8 @@ Plugin authors need only this package::
 from ._markers import hookimpl
 from .context import (
     MemorySink,
+    Peer,
+    PeerUnavailable,
     Sink,
     StageContext,
     StageFailed,
@@ -49,6 +51,8 @@ __all__ = [
     "Measurement",
     "MemorySink",
     "NotifierSpec",
+    "Peer",
+    "PeerUnavailable",
     "OperatorSpec",
     "ProbeSpec",
     "ProfileSpec",

@@ -96,6 +96,33 @@ class NotificationSettings(_Section):
     routes: list[NotifyRoute] = []
 
 
+class PeerSettings(_Section):
+    """Test peers the orchestrator supervises for the agents (``ctx.peer(kind)``)."""
+
+    iperf3_ports: str = "5201-5210"  # a range "A-B" or a list "5201,5203"; "" turns the pool off
+    bind: str = "0.0.0.0"  # where the iperf3 servers listen
+    host: str | None = None  # the address agents connect to; default: the one they reached the server at
+    lease_timeout_s: float = 900.0  # a lease never given back is reaped after this long
+    wait_s: float = 20.0  # how long a lease request waits for a free port before answering 503
+
+
+def parse_ports(text: str) -> list[int]:
+    """``"5201-5210"`` or ``"5201,5203,5300-5301"`` → ports; ``ValueError`` naming the part."""
+    ports: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        try:
+            a, b = int(low), int(high or low)
+        except ValueError:
+            raise ValueError(f"{part!r} is not a port or a range A-B") from None
+        if not (1 <= a <= b <= 65535):
+            raise ValueError(f"{part!r} is not a range of ports between 1 and 65535")
+        ports.extend(range(a, b + 1))
+    return list(dict.fromkeys(ports))
+
+
 class RetentionSettings(_Section):
     artifacts_days: float = 30.0
     logs_days: float = 30.0
@@ -119,6 +146,7 @@ class Settings(_Section):
     pxe: PxeSettings = msgspec.field(default_factory=PxeSettings)
     hold: HoldSettings = msgspec.field(default_factory=HoldSettings)
     notifications: NotificationSettings = msgspec.field(default_factory=NotificationSettings)
+    peers: PeerSettings = msgspec.field(default_factory=PeerSettings)
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     plugins: PluginSettings = msgspec.field(default_factory=PluginSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
@@ -203,6 +231,10 @@ def _check_references(settings: Settings, source: str) -> None:
                     f"{source}: $.notifications.routes[{i}].events: unknown event {event!r} "
                     f"(events: *, {', '.join(sorted(kinds))})"
                 )
+    try:
+        parse_ports(settings.peers.iperf3_ports)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: $.peers.iperf3_ports: {exc}") from None
     if not settings.database.url.startswith(("sqlite://", "postgresql://", "postgres://")):
         raise ConfigError(
             f"{source}: $.database.url must start with sqlite:// or postgresql://, "
@@ -227,6 +259,8 @@ def _ranges(settings: Settings) -> list[tuple[str, float, float, float]]:
         ("$.timeouts.heartbeat_timeout_s", s.timeouts.heartbeat_timeout_s, 0.1, inf),
         ("$.timeouts.stage_grace_s", s.timeouts.stage_grace_s, 0, inf),
         ("$.hold.key_ttl_hours", s.hold.key_ttl_hours, 0.01, inf),
+        ("$.peers.lease_timeout_s", s.peers.lease_timeout_s, 1, inf),
+        ("$.peers.wait_s", s.peers.wait_s, 0.1, 3600),
         ("$.retention.artifacts_days", s.retention.artifacts_days, 0, inf),
         ("$.retention.logs_days", s.retention.logs_days, 0, inf),
         ("$.retention.janitor_interval_minutes", s.retention.janitor_interval_minutes, 0.1, inf),

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import traceback
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import anyio
 import structlog
@@ -96,6 +96,22 @@ class SubStepHandle:
         self.step.reason = reason
 
 
+class Peer(NamedTuple):
+    """A test peer leased from the orchestrator: connect to ``host:port``."""
+
+    kind: str
+    host: str
+    port: int
+
+
+class PeerUnavailable(Exception):
+    """No peer of that kind can be had: local mode, or the orchestrator offers none."""
+
+
+Peers = Callable[[str], AbstractAsyncContextManager[Peer]]
+"""What the agent hands a context: ``peers(kind)`` leases a peer for the ``async with``."""
+
+
 class StageContext:
     """Handed to ``StageSpec.run``. Attributes are read-only inputs; methods record output.
 
@@ -106,6 +122,7 @@ class StageContext:
     - ``override_flags``: operator overrides armed by ``retry_stage`` (e.g. ``{"wipe": True}``).
     - ``workdir``: a private scratch directory for artifacts.
     - ``probes``: the registered inventory probes (InventoryCheck runs them), or ``None``.
+    - ``peer(kind)``: lease a test peer the orchestrator supervises (see :meth:`peer`).
     """
 
     def __init__(
@@ -123,6 +140,7 @@ class StageContext:
         override_flags: Mapping[str, Any] | None = None,
         thresholds: Sequence[ThresholdRule] = (),
         probes: Sequence[ProbeSpec] | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self.stage = stage
         self.sink = sink
@@ -138,6 +156,7 @@ class StageContext:
         # the registered inventory probes, set by the runner for InventoryCheck
         # (None: the stage falls back to the built-in probes)
         self.probes: list[ProbeSpec] | None = list(probes) if probes is not None else None
+        self._peers = peers
         self.summary: dict[str, Any] = {}
         self.substeps: list[SubStep] = []
         self.artifacts: list[Artifact] = []
@@ -145,6 +164,24 @@ class StageContext:
         self.inventory_out: dict[str, Any] | None = None
         self.measurement_count = 0
         self.log_count = 0
+
+    @property
+    def peers_available(self) -> bool:
+        """True when an orchestrator drives the run and :meth:`peer` can lease from it."""
+        return self._peers is not None
+
+    def peer(self, kind: str) -> AbstractAsyncContextManager[Peer]:
+        """Lease a test peer from the orchestrator for the duration of an ``async with``::
+
+            async with ctx.peer("iperf3") as peer:      # one client per port, by lease
+                await ctx.run_tool(["iperf3", "-c", peer.host, "-p", str(peer.port), "-J"])
+
+        Raises :class:`PeerUnavailable` in local mode (no orchestrator) or when the
+        orchestrator offers no peer of that kind; the stage decides what that means.
+        """
+        if self._peers is None:
+            raise PeerUnavailable("no orchestrator to lease a peer from (local mode)")
+        return self._peers(kind)
 
     # -- output -------------------------------------------------------------------
     def log(self, message: str, level: str = "info") -> None:

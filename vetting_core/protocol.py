@@ -16,6 +16,8 @@ Routes::
     POST /api/v1/runs/{id}/sensor         SensorBatch  → BatchAck
     POST /api/v1/runs/{id}/result         StageResult  → ResultReply
     POST /api/v1/runs/{id}/hold           HoldRequest  → HoldReply
+    POST /api/v1/runs/{id}/peer           PeerRequest  → PeerReply     (lease a test peer)
+    POST /api/v1/runs/{id}/peer/release   PeerRelease  → PeerReleaseReply
     POST /api/v1/agents/heartbeat         HostHeartbeat → HostHeartbeatReply  (host mode,
                                           authenticated with the host's agent token)
 
@@ -142,6 +144,30 @@ class StageResult(msgspec.Struct, kw_only=True):
     log_seq: int = 0  # last log batch sent before this result
     sensor_seq: int = 0
     hold: bool = False  # the stage asks the orchestrator for a hold (wipe probe found data)
+
+
+class PeerRequest(msgspec.Struct, kw_only=True):
+    """Lease a test peer the orchestrator supervises (``kind="iperf3"``: a one-shot
+    iperf3 server on a port of its pool, one client at a time per port)."""
+
+    kind: str
+    stage: str | None = None
+
+
+class PeerReply(msgspec.Struct, kw_only=True):
+    kind: str
+    host: str  # where the agent connects (``peers.host``, else the address it reached the server at)
+    port: int
+    lease_id: str
+    expires_in_s: float  # the lease is reaped after this long even if never released
+
+
+class PeerRelease(msgspec.Struct, kw_only=True):
+    lease_id: str
+
+
+class PeerReleaseReply(msgspec.Struct, kw_only=True):
+    released: bool  # False: already released or reaped (releasing twice is harmless)
 
 
 class Breach(msgspec.Struct, kw_only=True):

@@ -26,6 +26,10 @@ from vetting_core.protocol import (
     HostHeartbeat,
     HostHeartbeatReply,
     LogBatch,
+    PeerRelease,
+    PeerReleaseReply,
+    PeerReply,
+    PeerRequest,
     ResultReply,
     SensorBatch,
     StageResult,
@@ -152,6 +156,16 @@ class AgentController(Controller):
     async def hold(self, request: Request, run_id: int, data: HoldRequest) -> HoldReply:
         await agent_auth(request, run_id)
         return await runtime(request).service.hold(run_id, data, _peer(request))
+
+    @post(RUN + "/peer", status_code=200, summary="Lease a test peer (an iperf3 server port) for one test")
+    async def peer(self, request: Request, run_id: int, data: PeerRequest) -> PeerReply:
+        await agent_auth(request, run_id)
+        return await runtime(request).peers.lease(run_id, data.kind, request.url.hostname or "127.0.0.1")
+
+    @post(RUN + "/peer/release", status_code=200, summary="Give a test peer back", opt={"allow_finished": True})
+    async def release_peer(self, request: Request, run_id: int, data: PeerRelease) -> PeerReleaseReply:
+        await agent_auth(request, run_id, allow_finished=True)
+        return PeerReleaseReply(released=await runtime(request).peers.release(run_id, data.lease_id))
 
     @post("/api/v1/agents/heartbeat", status_code=200, summary="Host-mode agent poll (host token)", guards=[host_agent_guard])
     async def host_heartbeat(self, request: Request, data: HostHeartbeat) -> HostHeartbeatReply:

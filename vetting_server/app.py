@@ -32,6 +32,7 @@ from .migrate import migrate
 from .reporting import Reporting
 from .runs import RunService
 from .runtime import Runtime
+from .peers import PeerService
 from .scheduler import Scheduler
 
 log = structlog.get_logger()
@@ -80,6 +81,7 @@ _ERRORS = {
     409: "conflict with the run's state, a different second result, a duplicate name or MAC",
     413: "request body over the limit",
     422: "invalid MAC, host name, expected spec, profile or stage (extra.field names it)",
+    503: "no test peer free right now (retry later)",
 }
 
 
@@ -103,6 +105,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     rt.ingest = Ingest(rt)
     rt.scheduler = Scheduler(rt)
     rt.reporting = Reporting(rt)
+    rt.peers = PeerService(settings.peers)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -122,6 +125,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
                     rt.notifier = notifier
                 tg.start_soon(rt.ingest.run)
                 tg.start_soon(rt.scheduler.run)
+                tg.start_soon(rt.peers.run)
                 try:
                     yield
                 finally:
@@ -138,6 +142,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
                     tg.cancel_scope.cancel()
         finally:
             rt.tg = None
+            with anyio.CancelScope(shield=True):
+                await rt.peers.close()
             await rt.db.close()
 
     _document_errors(SystemController, AgentController, HostController, RunController, EventController)

@@ -44,3 +44,8 @@ def conflict(detail: str, **extra: Any) -> ApiError:
 
 def unprocessable(field: str, message: str) -> ApiError:
     return ApiError(422, f"{field}: {message}", {"field": field})
+
+
+def unavailable(detail: str, retry_after_s: int = 5) -> ApiError:
+    """503: try again later (the agent retries with backoff)."""
+    return ApiError(503, detail, headers={"Retry-After": str(retry_after_s)})

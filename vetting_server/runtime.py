@@ -141,6 +141,7 @@ class Runtime:
         self.ingest: Any = None
         self.service: Any = None
         self.scheduler: Any = None
+        self.peers: Any = None  # PeerService
         self._last_full: datetime | None = None
         self._last_refresh: datetime | None = None
 

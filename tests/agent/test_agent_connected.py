@@ -284,3 +284,24 @@ async def test_cancel_mid_stage_aborts_the_agent_promptly(server, registry, tmp_
     outcome = result["outcome"]
     assert not outcome.passed and outcome.state == "Cancelled"
     assert "abort" in outcome.reason
+
+
+async def test_network_stage_tests_each_nic_against_a_peer_leased_from_the_orchestrator(server, registry, tmp_path):
+    # no params.server: every iperf3 test leases a port of the orchestrator's pool
+    host = new_host(server, spec="params:\n  Network: {duration_s: 1, parallel: 1}\n")
+    run_id, token = server.start_run(host["id"], stages=["InventoryCheck", "Network"])
+    outcome = await run_connected(coords(server, run_id, token), registry, agent_options(tmp_path))
+    detail = server.run(run_id)
+    network = {s["name"]: s for s in detail["stages"]}["Network"]
+    steps = [s for s in detail["substeps"] if s["stage_name"] == "Network"]
+    assert outcome.verdicts["Network"] == "passed", (network, steps)
+    tested = [s for s in steps if s["state"] == "passed"]
+    assert tested and all(s["name"].startswith("nic:") and s["name"] != "nic:lo" for s in tested), steps
+    assert network["summary"]["tested"] == [s["name"] for s in tested]
+    for step in tested:
+        assert step["summary"]["send"]["throughput_mbps"] > 0 and step["summary"]["receive"]["throughput_mbps"] > 0
+    # one lease per NIC and direction, each given back after its test
+    log = server.log_tail(2000)
+    leased = [line for line in log.splitlines() if "peer.leased" in line and f"run_id={run_id}" in line]
+    released = [line for line in log.splitlines() if "peer.released" in line and f"run_id={run_id}" in line]
+    assert len(leased) == len(released) == 2 * len(tested), log

@@ -66,7 +66,8 @@ STAGE_API = sorted(
 
 @pytest.mark.parametrize("method", STAGE_API)
 def test_stage_context_methods_are_documented(method):
-    assert f"ctx.{method}(" in TEXT, f"StageContext.{method} is not documented in {GUIDE}"
+    called = "" if isinstance(vars(StageContext)[method], property) else "("
+    assert f"ctx.{method}{called}" in TEXT, f"StageContext.{method} is not documented in {GUIDE}"
 
 
 @pytest.mark.parametrize("name", testing_api)

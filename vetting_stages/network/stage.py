@@ -2,12 +2,14 @@
 
 Parameters:
 
-- ``server``: the peer's address. ``None``/``"local"``/a loopback address means
-  local mode: the stage starts its own one-shot iperf3 servers on loopback
-  (``local_ports``) and can only measure ``lo`` — physical NICs are sub-steps
-  skipped with "no peer". In a run the orchestrator passes its own ``server``/``port``
-  (an :class:`~vetting_stages.network.iperf_server.IperfServerPool` lease renewed
-  after each test); busy/refused connections are retried for ``connect_retry_s``.
+- ``server``: a fixed peer's address (with ``port``, default 5201). Unset in a run
+  driven by an orchestrator: every test leases a port of the orchestrator's pool of
+  one-shot iperf3 servers (``ctx.peer("iperf3")``, one client per port), so several
+  runs never share an iperf3 server. Unset without an orchestrator (local mode), or
+  ``"local"``/a loopback address: the stage starts its own one-shot servers on
+  loopback (``local_ports``) and can only measure ``lo`` — physical NICs are
+  sub-steps skipped with "no peer". Busy/refused connections are retried for
+  ``connect_retry_s``.
 - ``nics``: names to test (default: every non-virtual NIC with link up in the inventory).
 - ``duration_s``, ``parallel`` (streams), ``reverse`` (also measure receive).
 - ``min_link_ratio``: throughput must reach this share of the negotiated speed.
@@ -28,7 +30,7 @@ from typing import Any
 
 import anyio
 
-from vetting_core.context import StageContext, StageSkipped, SubStepHandle
+from vetting_core.context import PeerUnavailable, StageContext, StageSkipped, SubStepHandle
 from vetting_core.model import Severity, ThresholdRule
 from vetting_core.records import StageSpec
 from vetting_core.tools import ToolNotFound, run_tool
@@ -133,9 +135,9 @@ def _record(ctx: StageContext, nic: str, direction: str, r: IperfResult, speed: 
     return problems
 
 
-async def _test_nic(
-    ctx: StageContext, nic: str, inv: dict | None, server: str, port_for, bind: str | None
-) -> None:
+async def _test_nic(ctx: StageContext, nic: str, inv: dict | None, peer_for, bind: str | None) -> None:
+    """One NIC's sub-step; ``peer_for()`` is an async context manager giving (host, port)
+    for one test and taking it back after."""
     p = ctx.params
     duration = float(p.get("duration_s", 10))
     directions = ["send", "receive"] if p.get("reverse", True) else ["send"]
@@ -151,12 +153,16 @@ async def _test_nic(
             ctx.measure("nic_counter", f"{nic}/{k}", v, "count")
         problems: list[str] = []
         for direction in directions:
-            async with port_for() as port:
-                argv = client_argv(
-                    server, port, duration_s=duration, bind=bind,
-                    reverse=direction == "receive", parallel=int(p.get("parallel", 4)),
-                )
-                r = await _client(ctx, argv, duration, float(p.get("connect_retry_s", 30)), f"{nic}-{direction}")
+            try:
+                async with peer_for() as (host, port):
+                    argv = client_argv(
+                        host, port, duration_s=duration, bind=bind,
+                        reverse=direction == "receive", parallel=int(p.get("parallel", 4)),
+                    )
+                    r = await _client(ctx, argv, duration, float(p.get("connect_retry_s", 30)), f"{nic}-{direction}")
+            except PeerUnavailable as exc:
+                step.skip(f"no iperf3 peer: {exc}")
+                return
             if not r.ok:
                 problems.append(f"{direction}: iperf3 failed: {r.error}")
                 continue
@@ -178,7 +184,8 @@ async def _test_nic(
 async def run(ctx: StageContext) -> None:
     p = ctx.params
     server = p.get("server")
-    local = _is_local(server)
+    leased = server in (None, "") and ctx.peers_available
+    local = not leased and _is_local(server)
     inv_nics = {n.get("name"): n for n in ctx.inventory.get("nics", []) if isinstance(n, dict)}
     wanted = p.get("nics")
     if wanted:
@@ -199,21 +206,28 @@ async def run(ctx: StageContext) -> None:
         try:
 
             @asynccontextmanager
-            async def port_for():
+            async def peer_for():
                 async with pool.lease() as lease:
-                    yield lease.port
+                    yield server, lease.port
 
-            await _test_nic(ctx, "lo", None, server, port_for, None)
+            await _test_nic(ctx, "lo", None, peer_for, None)
         finally:
             await pool.aclose()
     else:
         if not nics:
             raise StageSkipped("no NIC with link up to test (inventory lists none)")
-        port = int(p.get("port", 5201))
+        if leased:
 
-        @asynccontextmanager
-        async def port_for():
-            yield port
+            @asynccontextmanager
+            async def peer_for():
+                async with ctx.peer("iperf3") as peer:
+                    yield peer.host, peer.port
+        else:
+            fixed = (str(server), int(p.get("port", 5201)))
+
+            @asynccontextmanager
+            async def peer_for():
+                yield fixed
 
         for nic in nics:
             bind = await ipv4_of(nic) if p.get("bind", True) else None
@@ -221,11 +235,12 @@ async def run(ctx: StageContext) -> None:
                 async with ctx.substep(f"nic:{nic}") as step:
                     step.fail("no IPv4 address on the NIC; cannot direct the test through it")
                 continue
-            await _test_nic(ctx, nic, inv_nics.get(nic), str(server), port_for, bind)
+            await _test_nic(ctx, nic, inv_nics.get(nic), peer_for, bind)
     tested = [s for s in ctx.substeps if s.state.value != "skipped"]
     ctx.summary["tested"] = [s.name for s in tested]
     if not tested:
-        raise StageSkipped("no NIC could be tested")
+        reasons = sorted({s.reason for s in ctx.substeps if s.reason})
+        raise StageSkipped("no NIC could be tested" + (f": {'; '.join(reasons)}" if reasons else ""))
 
 
 STAGE = StageSpec(
