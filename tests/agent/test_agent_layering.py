@@ -4,9 +4,12 @@ server's stack (Litestar, Piccolo, uvicorn) nor ``vetting_server``."""
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import vetting_agent
 
@@ -52,3 +55,26 @@ sys.exit(main(["--log-level", "error", "plugins"]))
     assert "stages:" in proc.stdout
     # the server's boot plugin is reported as broken and skipped, never fatal
     assert "blocked on an agent-only install" in proc.stdout or "boot" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_real_agent_only_install_has_no_server_stack(tmp_path):
+    """``pip install '.[agent]'`` into a fresh virtual environment: the agent runs,
+    finds its plugins through entry points, and Litestar/Piccolo are not there."""
+    repo = AGENT_DIR.parent
+    venv = tmp_path / "agent-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    build = tmp_path / "src"  # a copy without the developer's build leftovers
+    shutil.copytree(repo, build, ignore=shutil.ignore_patterns(".venv", ".git", "*.egg-info", "build", "var", "__pycache__"))
+    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{build}[agent]"],
+                         capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    installed = subprocess.run([str(py), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True).stdout.lower()
+    for server_only in ("litestar", "piccolo", "uvicorn", "asyncpg"):
+        assert f"{server_only}==" not in installed, installed
+    out = subprocess.run([str(venv / "bin" / "vetting-agent"), "--log-level", "error", "plugins"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "InventoryCheck" in out.stdout and "Storage" in out.stdout
+    assert "BROKEN" not in out.stdout, out.stdout  # every installed entry point loads, the server's boot plugin too

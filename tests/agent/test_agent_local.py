@@ -124,3 +124,25 @@ def test_local_cli_with_real_inventory_stage(tmp_path):
     usage = subprocess.run([sys.executable, "-m", "vetting_agent.cli", "connect", "--server", "http://x", "--run", "0"],
                            capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "must be positive" in usage.stderr
+
+
+def test_local_cli_spec_mismatch_fails_at_spec_validate_with_the_diff(tmp_path):
+    # this machine's real inventory against a spec it cannot meet: 4096 logical CPUs
+    import os
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("cpu:\n  threads: 4096\n")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vetting_agent.cli", "--log-level", "error", "local", "--profile", "quick",
+         "--stages", "InventoryCheck,SpecValidate", "--spec", str(spec), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "FAILED at SpecValidate" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    diffs = {d["field"]: d for d in report["spec_diffs"]}
+    assert diffs["cpu.threads"]["severity"] == "critical"
+    assert diffs["cpu.threads"]["expected"] in (4096, "4096") and str(os.cpu_count()) in str(diffs["cpu.threads"]["actual"])
+    stages = {s["name"]: s for s in report["stages"]}
+    assert stages["SpecValidate"]["verdict"] == "failed" and "cpu.threads" in stages["SpecValidate"]["reason"]

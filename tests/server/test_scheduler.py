@@ -6,6 +6,7 @@ import http.server
 import json
 import socket
 import threading
+import time
 from datetime import timedelta
 
 import anyio
@@ -177,6 +178,60 @@ async def test_notifications_delivered_and_recorded(database_url, tmp_path, test
         payload = json.loads(body)
         assert path == "/hook" and "X-Vetting-Signature" in headers
         assert json.dumps(payload).count("StageFailed") >= 1
+    finally:
+        srv.shutdown()
+
+
+class _Broken(http.server.BaseHTTPRequestHandler):
+    """/down answers 500; /hang answers after 3 s (past the target's timeout)."""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/hang":
+            time.sleep(3)
+        self.send_response(500 if self.path == "/down" else 204)
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+async def test_failing_receivers_are_retried_recorded_and_never_hold_up_the_run(database_url, tmp_path, test_registry):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Broken)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    app = await _env(database_url, tmp_path, test_registry, notifications={
+        "targets": [
+            {"name": "down", "kind": "webhook", "config": {"url": f"{base}/down", "secret": "s" * 20}, "retries": 1},
+            {"name": "hung", "kind": "webhook", "config": {"url": f"{base}/hang", "secret": "s" * 20}, "retries": 1,
+             "timeout_s": 0.5},
+        ],
+        "routes": [{"targets": ["down", "hung"], "events": ["StageFailed"]}],
+    })
+    try:
+        async with serve_in_process(app) as client:
+            env = Env(app, client, await create_operator_token(app.state.rt))
+            run_id, tok = await env.running()
+            started = time.monotonic()
+            r = await env.agent("POST", f"/api/v1/runs/{run_id}/result", tok,
+                                json={"stage": "Alpha", "verdict": "failed", "reason": "fan"})
+            assert r.status_code == 200 and r.json()["next_state"] == "Failed"
+            assert time.monotonic() - started < 2.0  # delivery happens after the reply
+            with anyio.fail_after(20):
+                while True:
+                    ev = (await env.op("GET", f"/api/v1/runs/{run_id}/events")).json()
+                    notes = [e for e in ev if e["kind"] == "notification"]
+                    if sum("failed after" in e["message"] for e in notes) == 2:
+                        break
+                    await anyio.sleep(0.1)
+            # the run's history shows every attempt of both targets: one retry, then the failure
+            for target in ("down", "hung"):
+                mine = [e["message"] for e in notes if e["data"]["target"] == target]
+                assert len(mine) == 2, mine
+                assert "attempt 1/2 failed, retrying" in mine[0] and "failed after 2 attempt(s)" in mine[1], mine
+            assert "500" in [e["message"] for e in notes if e["data"]["target"] == "down"][1]
+            d = await env.detail(run_id)
+            assert d["run"]["state"] in ("Failed", "FailedHolding") and d["run"]["reason"] == "fan"
     finally:
         srv.shutdown()
 
