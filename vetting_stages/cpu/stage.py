@@ -11,7 +11,9 @@ Parameters (per profile; host overrides on top):
 
 Throttling: the kernel's thermal-throttle counters are sampled before and after
 (``cpu_throttle``/``cpuN/core_throttle_count``, judged ``delta_lte 0``): a CPU
-that throttles under load is a finding even when every stressor passed.
+that throttles under load is a finding even when every stressor passed; with
+``fail_on_throttle`` (default) it fails the stage outright. ``cpu_sysfs`` is where the
+counters are read (default ``/sys/devices/system/cpu``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def _nominal(ctx: StageContext) -> dict[str, float]:
 async def run(ctx: StageContext) -> None:
     stressors = dict(ctx.params.get("stressors") or {"cpu": 0})
     duration = float(ctx.params.get("duration_s", 45))
-    before = throttle_counters()
+    sysfs = str(ctx.params.get("cpu_sysfs", "/sys/devices/system/cpu"))
+    before = throttle_counters(sysfs)
     for key, value in before.items():
         ctx.measure("cpu_throttle", key, value, "events")
     if not before:
@@ -51,7 +54,7 @@ async def run(ctx: StageContext) -> None:
         nominal=_nominal(ctx),
         min_ratio=ctx.params.get("min_ratio"),
     )
-    after = throttle_counters()
+    after = throttle_counters(sysfs)
     throttled = {}
     for key, value in after.items():
         ctx.measure("cpu_throttle", key, value, "events")

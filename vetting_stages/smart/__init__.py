@@ -73,10 +73,32 @@ def record_counters(ctx: StageContext, disk: str, report: dict[str, Any]) -> Non
         ctx.measure("smart_temp", disk, report["temperature_c"], "C")
 
 
-async def _self_test(ctx: StageContext, path: str, kind: str, poll_s: float, timeout_s: float) -> dict[str, Any]:
-    """Start a self-test and poll until it finishes (or the timeout aborts it)."""
+async def _self_test(
+    ctx: StageContext, path: str, kind: str, poll_s: float, timeout_s: float, before: dict[str, Any]
+) -> dict[str, Any]:
+    """Start a self-test and poll until it finishes (or the timeout aborts it).
+
+    ``before`` is the self-test state read before the start. The verdict is the newest
+    log entry only when the test really ran: a start smartctl reports as failed (exit
+    bits 0-2: command line, open, or the SMART command itself) or a log whose newest
+    entry is still the one from before gives ``error``, never an old entry's result.
+    """
     start = await ctx.run_tool(["smartctl", "--json", "-t", kind, path], timeout=60)
     ctx.log(f"{path}: {kind} self-test requested (smartctl exit {start.returncode})")
+    if start.returncode & 0b111:
+        try:
+            messages = [m.get("string", "") for m in json.loads(start.stdout)["smartctl"].get("messages", [])]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            messages = [start.stderr.strip()[:200]]
+        return {"running": False, "error": f"smartctl could not start the {kind} self-test (exit {start.returncode}): "
+                + ("; ".join(m for m in messages if m) or "no message")}
+    state = await _poll_self_test(ctx, path, poll_s, timeout_s)
+    if "error" not in state and state.get("last_passed") is not False and state.get("newest") == before.get("newest"):
+        state["error"] = f"the {kind} self-test left no new entry in the self-test log: it did not run"
+    return state
+
+
+async def _poll_self_test(ctx: StageContext, path: str, poll_s: float, timeout_s: float) -> dict[str, Any]:
     with anyio.move_on_after(timeout_s) as scope:
         await anyio.sleep(min(poll_s, 5))
         while True:
@@ -92,7 +114,7 @@ async def _self_test(ctx: StageContext, path: str, kind: str, poll_s: float, tim
     if scope.cancelled_caught:
         await ctx.run_tool(["smartctl", "-X", path], timeout=60)
         return {"running": False, "last_passed": False, "last_status": f"self-test did not finish within {timeout_s:.0f}s (aborted)"}
-    return {}
+    return {"running": False, "error": "polling the self-test ended without a state"}
 
 
 async def run(ctx: StageContext) -> None:
@@ -108,7 +130,7 @@ async def run(ctx: StageContext) -> None:
         ctx.progress(i / len(disks), f"SMART {path}")
         async with ctx.substep(name) as step:
             try:
-                report, _ = await read_smart(ctx, path, artifact=f"smartctl-{safe_name(name)}")
+                report, raw = await read_smart(ctx, path, artifact=f"smartctl-{safe_name(name)}")
             except ToolNotFound as exc:
                 raise StageFailed(str(exc)) from None
             step.summary.update({k: report.get(k) for k in ("model", "serial", "firmware", "protocol", "passed", "exit_status", "counters", "warnings", "reasons")})
@@ -127,12 +149,15 @@ async def run(ctx: StageContext) -> None:
                 state = await _self_test(
                     ctx, path, self_test, float(ctx.params.get("poll_s", 10)),
                     float(ctx.params.get("self_test_timeout_s", 600 if self_test == "short" else 6 * 3600)),
+                    before=self_test_state(json.loads(raw)),
                 )
                 step.summary["self_test"] = state
                 after, _ = await read_smart(ctx, path, artifact=f"smartctl-{safe_name(name)}-after")
                 record_counters(ctx, name, after)
                 if state.get("last_passed") is False:
                     step.fail(f"{self_test} self-test: {state.get('last_status')}")
+                elif state.get("error"):
+                    step.fail(state["error"])
                 elif after.get("verdict") == "failed":
                     step.fail("; ".join(after["reasons"]))
     if skipped == len(disks):

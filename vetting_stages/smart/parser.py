@@ -155,7 +155,9 @@ def self_test_state(doc: dict[str, Any]) -> dict[str, Any]:
 
     ATA: ``ata_smart_data.self_test.status.value`` has 0xF in its high nibble while a
     test runs (low nibble = tenths remaining). NVMe: ``nvme_self_test_log``'s
-    ``current_self_test_operation`` is non-zero while running."""
+    ``current_self_test_operation`` is non-zero while running. ``newest`` identifies
+    the newest log entry (count, power-on hours, type, status): a self-test that was
+    asked for but never ran leaves it unchanged."""
     out: dict[str, Any] = {"running": False}
     ata = ((doc.get("ata_smart_data") or {}).get("self_test") or {})
     if ata:
@@ -172,6 +174,8 @@ def self_test_state(doc: dict[str, Any]) -> dict[str, Any]:
         out["last_passed"] = (last.get("status") or {}).get("passed")
         out["last_type"] = (last.get("type") or {}).get("string", "")
         out["failed_entries"] = sum(1 for e in log if (e.get("status") or {}).get("passed") is False)
+        count = ((doc.get("ata_smart_self_test_log") or {}).get("standard") or {}).get("count", len(log))
+        out["newest"] = [count, last.get("lifetime_hours"), out["last_type"], out["last_status"]]
     nv = doc.get("nvme_self_test_log") or {}
     if nv:
         op = (nv.get("current_self_test_operation") or {}).get("value", 0)
@@ -183,4 +187,5 @@ def self_test_state(doc: dict[str, Any]) -> dict[str, Any]:
             res = (table[0].get("self_test_result") or {})
             out["last_status"] = res.get("string", "")
             out["last_passed"] = res.get("value") == 0
+            out["newest"] = [len(table), table[0].get("power_on_hours"), out["last_status"]]
     return out

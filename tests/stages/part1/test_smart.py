@@ -117,7 +117,13 @@ FAKE_SMARTCTL = r'''#!/bin/sh
 state="$FAKE_STATE"
 case "$*" in
   *" -x "*) cat "$FAKE_X" ;;
-  *" -t "*) echo '{"smartctl":{"exit_status":0}}'; echo 0 > "$state" ;;
+  *" -t "*)
+    echo 0 > "$state"
+    if [ -n "$FAKE_REFUSE" ]; then
+      echo '{"smartctl":{"exit_status":4,"messages":[{"string":"Command \"Execute SMART Short self-test routine immediately in off-line mode\" failed: Input/output error","severity":"error"}]}}'
+      exit 4
+    fi
+    echo '{"smartctl":{"exit_status":0}}' ;;
   *" -c "*)
     n=$(cat "$state"); echo $((n + 1)) > "$state"
     if [ "$n" -lt 2 ]; then
@@ -131,10 +137,12 @@ esac
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("outcome", ["pass", "read-failure"])
+@pytest.mark.parametrize("outcome", ["pass", "read-failure", "refused", "never-ran"])
 async def test_self_test_is_polled_until_done(tmp_path, monkeypatch, outcome):
     """The polling loop with a scripted smartctl (no SATA disk here): two "in progress"
-    answers, then the self-test log; a read failure fails the disk's sub-step."""
+    answers, then the self-test log; a read failure fails the disk's sub-step. A start
+    smartctl reports as failed, or a log without a new entry, fails it too: an old
+    entry's "Completed without error" is never taken for this run's result."""
     import json
     import os
 
@@ -147,14 +155,22 @@ async def test_self_test_is_polled_until_done(tmp_path, monkeypatch, outcome):
     fake.chmod(0o755)
     hitachi = json.loads(fixture_text("smartctl/published/ata-hitachi-failing.json"))
     log = hitachi["ata_smart_self_test_log"]
-    if outcome == "pass":
+    before = json.loads((FIXTURES / "smartctl/published/sat-seagate-attributes-pass.json").read_text())
+    if outcome in ("pass", "refused"):
         log = {"standard": {"revision": 1, "table": [log["standard"]["table"][0]], "count": 1}}
+    elif outcome == "never-ran":  # the log before the start, unchanged
+        log = {"standard": {"revision": 1, "table": [log["standard"]["table"][0]], "count": 1}}
+        before["ata_smart_self_test_log"] = log
     else:
         log = {"standard": {"revision": 1, "table": log["standard"]["table"][1:], "count": 2}}
+    x_json = tmp_path / "x.json"
+    x_json.write_text(json.dumps(before))
     final = tmp_path / "final.json"
     final.write_text(json.dumps({"smartctl": {"exit_status": 0}, "ata_smart_data": {"self_test": {"status": {"value": 0, "string": "completed"}}}, "ata_smart_self_test_log": log}))
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_X", str(FIXTURES / "smartctl/published/sat-seagate-attributes-pass.json"))
+    monkeypatch.setenv("FAKE_X", str(x_json))
+    if outcome == "refused":
+        monkeypatch.setenv("FAKE_REFUSE", "1")
     monkeypatch.setenv("FAKE_STATE", str(tmp_path / "state"))
     monkeypatch.setenv("SELFTEST_FINAL", str(final))
     ctx = StageContext(stage="SMART", sink=MemorySink(), workdir=tmp_path / "wd",
@@ -162,6 +178,10 @@ async def test_self_test_is_polled_until_done(tmp_path, monkeypatch, outcome):
                        params={"self_test": "short", "poll_s": 0.05})
     result = await execute_stage(SMART_STAGE, ctx)
     polls = [line for line in ctx.sink.lines if line.message.startswith("$") and " -c " in line.message]
+    if outcome == "refused":
+        assert polls == [] and result.verdict is Verdict.failed
+        assert "could not start the short self-test (exit 4)" in result.reason and "Input/output error" in result.reason
+        return
     assert len(polls) == 3  # in progress, in progress, done
     assert any("self-test" in msg for _, _, msg in ctx.sink.progress_updates)
     # counters sampled before and after the self-test: deltas are judgeable
@@ -169,5 +189,7 @@ async def test_self_test_is_polled_until_done(tmp_path, monkeypatch, outcome):
     assert keys.count("sdc/Current_Pending_Sector") == 2
     if outcome == "pass":
         assert result.verdict is Verdict.passed, result.reason
+    elif outcome == "never-ran":
+        assert result.verdict is Verdict.failed and "left no new entry in the self-test log" in result.reason
     else:
         assert result.verdict is Verdict.failed and "short self-test: Completed: read failure" in result.reason

@@ -25,6 +25,37 @@ async def test_cpu_stage_passes_and_records_bogo_ops(tmp_path):
     assert {"cpu-log", "cpu-yaml"} <= kinds
 
 
+@pytest.mark.parametrize("fail_on_throttle", [True, False])
+async def test_a_cpu_that_throttles_under_load_is_a_finding(tmp_path, fail_on_throttle):
+    # this VM has no thermal_throttle counters: a sysfs-shaped tree whose counter
+    # grows while the real stress-ng runs, as a hot Xeon's does
+    import threading
+    import time
+
+    need("stress-ng")
+    tt = tmp_path / "sys" / "cpu0" / "thermal_throttle"
+    tt.mkdir(parents=True)
+    (tt / "core_throttle_count").write_text("7\n")
+    (tt / "package_throttle_count").write_text("0\n")
+    heat = threading.Timer(0.5, lambda: (tt / "core_throttle_count").write_text("19\n"))
+    heat.start()
+    try:
+        res, sink = await run_stage(CPU, tmp_path, params={
+            "duration_s": 2, "stressors": {"cpu": 1}, "cpu_sysfs": str(tmp_path / "sys"),
+            "fail_on_throttle": fail_on_throttle,
+        })
+    finally:
+        heat.cancel()
+    assert [s.value for s in samples(sink, "cpu_throttle", "cpu0/core_throttle_count")] == [7, 19]
+    assert res.summary["throttled"] == {"cpu0/core_throttle_count": 12}
+    if fail_on_throttle:
+        assert res.verdict is Verdict.failed
+        assert res.reason == "CPU thermal throttling under load: 12 events on 1 counters"
+    else:  # the stage passes, but the samples still breach the delta_lte 0 rule on the server
+        assert res.verdict is Verdict.passed, res.reason
+        assert any(r.kind == "cpu_throttle" and r.op == "delta_lte" for r in CPU.thresholds)
+
+
 async def test_cpu_stage_fails_below_nominal(tmp_path):
     need("stress-ng")
     res, sink = await run_stage(
