@@ -48,13 +48,14 @@ from .client import AgentClient, AuthRejected, ClientError, Rejected, Unreachabl
 from .cmdline import RunCoordinates
 from .execution import build_context, run_planned
 from .peers import orchestrator_peers
+from .uploads import read_uploads
 from .hold import DEFAULT_AUTHORIZED_KEYS, install_key
 from .inventory import INVENTORY_STAGE
 from .inventory import collect as collect_inventory
 from .netinfo import describe_self
 from .outbound import Outbound
 from .sidecar import SensorSidecar
-from .spool import KIND_RESULT, Spool, SpoolRejected
+from .spool import KIND_LOG, KIND_SENSOR, Spool, SpoolRejected
 
 log = structlog.get_logger()
 
@@ -415,7 +416,7 @@ class RunSession:
         self._last_inventory = result.inventory
         log.info("stage.done", stage=planned.name, verdict=result.verdict.value, reason=result.reason)
         await self.out.flush()
-        entry_id = await self.spool.append_result(result)
+        entry_id = await self.spool.append_result(result, await read_uploads(result.artifacts, claim.max_artifact_bytes))
         reply = await self._await_result(entry_id)
         self.current_stage = None
         self._answered_at[planned.name] = anyio.current_time()
@@ -525,7 +526,7 @@ class RunSession:
                          pending=self.spool.pending)
                 failing_since = None
             backoff.reset()
-            if entry.kind != KIND_RESULT:
+            if entry.kind in (KIND_LOG, KIND_SENSOR):
                 with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
                     ack = decode_ack(body)
                     if ack.seq != entry.seq:

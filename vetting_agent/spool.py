@@ -33,16 +33,17 @@ import anyio.to_thread
 import msgspec
 
 from vetting_core.model import Measurement
-from vetting_core.protocol import LogBatch, LogLine, SensorBatch, StageResult
+from vetting_core.protocol import ArtifactUpload, LogBatch, LogLine, SensorBatch, StageResult
 
 KIND_LOG = "log"
 KIND_SENSOR = "sensor"
 KIND_RESULT = "result"
+KIND_ARTIFACT = "artifact"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind     TEXT NOT NULL,            -- log | sensor | result
+    kind     TEXT NOT NULL,            -- log | sensor | artifact | result
     seq      INTEGER,                  -- per-stream sequence number (batches only)
     stage    TEXT,
     items    INTEGER NOT NULL,         -- lines / samples in the batch (1 for a result)
@@ -226,13 +227,18 @@ class Spool:
         self._notify()
         return ids
 
-    async def append_result(self, result: StageResult) -> int:
+    async def append_result(self, result: StageResult, uploads: Sequence[ArtifactUpload] = ()) -> int:
         """Queue a stage result behind every batch written so far; its ``log_seq`` and
-        ``sensor_seq`` are set to the last batch numbers."""
+        ``sensor_seq`` are set to the last batch numbers. ``uploads`` (the result's
+        artifact files) are queued just before it, in the same transaction."""
 
         def _write(conn: sqlite3.Connection) -> int:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(
+                    "INSERT INTO outbox(kind, seq, stage, items, body, created) VALUES(?,?,?,?,?,?)",
+                    [(KIND_ARTIFACT, None, result.stage, 1, _enc.encode(up), time.time()) for up in uploads],
+                )
                 final = msgspec.structs.replace(
                     result,
                     log_seq=self._last_seq(conn, KIND_LOG),
@@ -245,7 +251,7 @@ class Spool:
                 return cur.lastrowid
 
         entry_id = await self._call(_write)
-        self.pending += 1
+        self.pending += 1 + len(uploads)
         self._notify()
         return entry_id
 
@@ -319,11 +325,11 @@ class Spool:
         return [Entry(*r) for r in rows]
 
     async def produced(self) -> dict[str, int]:
-        """Items written per kind (log lines, sensor samples, results), all states."""
+        """Items written per kind (log lines, sensor samples, artifacts, results), all states."""
         rows = await self._call(
             lambda c: c.execute("SELECT kind, sum(items) FROM outbox GROUP BY kind").fetchall()
         )
-        out = {KIND_LOG: 0, KIND_SENSOR: 0, KIND_RESULT: 0}
+        out = {KIND_LOG: 0, KIND_SENSOR: 0, KIND_ARTIFACT: 0, KIND_RESULT: 0}
         out.update({k: int(n) for k, n in rows})
         return out
 

@@ -37,6 +37,7 @@ class ServerSettings(_Section):
     public_url: str | None = None  # how agents and notification links reach the server
     data_dir: str = "./var"  # logs, artifacts, reports
     max_agent_body_bytes: int = 1 << 20
+    max_artifact_bytes: int = 16 << 20  # largest artifact file an agent uploads (its own route)
     max_operator_body_bytes: int = 16 << 20
 
 
@@ -249,6 +250,7 @@ def _ranges(settings: Settings) -> list[tuple[str, float, float, float]]:
     out = [
         ("$.server.port", s.server.port, 0, 65535),
         ("$.server.max_agent_body_bytes", s.server.max_agent_body_bytes, 1024, inf),
+        ("$.server.max_artifact_bytes", s.server.max_artifact_bytes, 0, inf),
         ("$.server.max_operator_body_bytes", s.server.max_operator_body_bytes, 1024, inf),
         ("$.database.busy_timeout_ms", s.database.busy_timeout_ms, 0, inf),
         ("$.database.pool_min", s.database.pool_min, 1, inf),

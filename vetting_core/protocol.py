@@ -16,6 +16,7 @@ Routes::
     POST /api/v1/runs/{id}/sensor         SensorBatch  → BatchAck
     POST /api/v1/runs/{id}/result         StageResult  → ResultReply
     POST /api/v1/runs/{id}/hold           HoldRequest  → HoldReply
+    POST /api/v1/runs/{id}/artifact       ArtifactUpload → ArtifactAck  (a stage's raw tool output)
     POST /api/v1/runs/{id}/peer           PeerRequest  → PeerReply     (lease a test peer)
     POST /api/v1/runs/{id}/peer/release   PeerRelease  → PeerReleaseReply
     POST /api/v1/agents/heartbeat         HostHeartbeat → HostHeartbeatReply  (host mode,
@@ -89,6 +90,7 @@ class ClaimReply(msgspec.Struct, kw_only=True):
     log_seq: int = 0  # last log batch the server stored: the agent resumes after it
     sensor_seq: int = 0
     max_batch_bytes: int = 1 << 20
+    max_artifact_bytes: int = 16 << 20  # larger artifacts stay on the machine (listed, not uploaded)
 
 
 class Heartbeat(msgspec.Struct, kw_only=True):
@@ -144,6 +146,20 @@ class StageResult(msgspec.Struct, kw_only=True):
     log_seq: int = 0  # last log batch sent before this result
     sensor_seq: int = 0
     hold: bool = False  # the stage asks the orchestrator for a hold (wipe probe found data)
+
+
+class ArtifactUpload(msgspec.Struct, kw_only=True):
+    """One artifact file (a tool's raw output), sent before the stage result that lists
+    it, so the operator still has it after the live image powers off. ``content`` is
+    base64 in JSON; the server checks it against ``artifact.sha256``."""
+
+    artifact: Artifact
+    content: bytes
+
+
+class ArtifactAck(msgspec.Struct, kw_only=True):
+    sha256: str
+    stored: bool  # False: this run already had it (a retried upload)
 
 
 class PeerRequest(msgspec.Struct, kw_only=True):

@@ -14,6 +14,8 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 
 from vetting_core.protocol import (
+    ArtifactAck,
+    ArtifactUpload,
     BatchAck,
     Claim,
     ClaimReply,
@@ -36,6 +38,7 @@ from vetting_core.protocol import (
 )
 from vetting_core.statemachine import heartbeat_command
 
+from .artifacts import store_artifact
 from .auth import agent_auth, agent_guard, bearer, host_agent_guard, runtime
 from .database import utcnow
 from .fastbody import FastBody
@@ -244,3 +247,21 @@ class AgentController(Controller):
             "boot\n"
         )
         return Response(script, media_type="text/plain", headers={"Cache-Control": "no-store"})
+
+
+class ArtifactController(Controller):
+    """Artifact uploads: their own body limit (``server.max_artifact_bytes``, base64)."""
+
+    path = ""
+    tags = ["agent"]
+    guards = [agent_guard]
+
+    @post(RUN + "/artifact", status_code=200, summary="Upload an artifact file (before the result that lists it)")
+    async def artifact(self, request: Request, run_id: int, data: ArtifactUpload) -> ArtifactAck:
+        await agent_auth(request, run_id)
+        return await store_artifact(runtime(request), run_id, data)
+
+
+def artifact_body_limit(max_artifact_bytes: int) -> int:
+    """Base64 grows a file by 4/3; the JSON envelope adds the artifact's metadata."""
+    return max_artifact_bytes * 4 // 3 + (64 << 10)

@@ -24,7 +24,7 @@ from vetting_core.config import Settings
 from vetting_core.plugins import Registry, load_registry
 from vetting_core.protocol import ErrorBody
 
-from .api_agent import AgentController
+from .api_agent import AgentController, ArtifactController, artifact_body_limit
 from .api_operator import EventController, HostController, RunController, SystemController
 from .errors import ApiError
 from .ingest import Ingest
@@ -146,11 +146,13 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
                 await rt.peers.close()
             await rt.db.close()
 
-    _document_errors(SystemController, AgentController, HostController, RunController, EventController)
+    _document_errors(SystemController, AgentController, ArtifactController, HostController, RunController, EventController)
     # a subclass per app, so that two apps in one process keep their own limits
     agent = type("AgentController", (AgentController,), {"request_max_body_size": settings.server.max_agent_body_bytes})
+    artifacts = type("ArtifactController", (ArtifactController,),
+                     {"request_max_body_size": artifact_body_limit(settings.server.max_artifact_bytes)})
     app = Litestar(
-        route_handlers=[SystemController, agent, HostController, RunController, EventController],
+        route_handlers=[SystemController, agent, artifacts, HostController, RunController, EventController],
         lifespan=[lifespan],
         exception_handlers={
             ApiError: _api_error,

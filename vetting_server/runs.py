@@ -346,6 +346,7 @@ class RunService:
             log_seq=seq.get("log", 0),
             sensor_seq=seq.get("sensor", 0),
             max_batch_bytes=self.rt.settings.server.max_agent_body_bytes,
+            max_artifact_bytes=self.rt.settings.server.max_artifact_bytes,
         )
 
     # ---------------------------------------------------------------- advancing
@@ -479,11 +480,17 @@ class RunService:
                 [(run_id, f.component, f.identifier, f.version, f.vendor, jdump(f.raw)) for f in res.firmware],
             )
         if res.artifacts:
-            await tx.executemany(
-                "INSERT INTO artifacts (run_id, stage_id, kind, path, sha256, size_bytes, location, created_at) "
-                "VALUES ($1, $2, $3, $4, $5, $6, 'agent', $7)",
-                [(run_id, int(stage["id"]), a.kind, a.path, a.sha256, int(a.size_bytes), now) for a in res.artifacts],
-            )
+            uploaded = {r["sha256"] for r in await tx.fetch(
+                "SELECT sha256 FROM artifacts WHERE run_id = $1 AND stage_id = $2 AND location = 'server'",
+                run_id, int(stage["id"]),
+            )}
+            rows = [(run_id, int(stage["id"]), a.kind, a.path, a.sha256, int(a.size_bytes), now)
+                    for a in res.artifacts if a.sha256 not in uploaded]
+            if rows:  # too large to upload (or an older agent): listed where they are
+                await tx.executemany(
+                    "INSERT INTO artifacts (run_id, stage_id, kind, path, sha256, size_bytes, location, created_at) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, 'agent', $7)", rows,
+                )
         if res.measurements:
             eng = engine or await self.rt.engine(run_id, db=tx)
             ev = evaluation or eng.evaluate(res.measurements)

@@ -300,6 +300,17 @@ async def test_network_stage_tests_each_nic_against_a_peer_leased_from_the_orche
     assert network["summary"]["tested"] == [s["name"] for s in tested]
     for step in tested:
         assert step["summary"]["send"]["throughput_mbps"] > 0 and step["summary"]["receive"]["throughput_mbps"] > 0
+    # the raw iperf3 JSON of every test reached the server before the result (the
+    # live image may power off right after); the files are the ones the stage hashed
+    import hashlib
+
+    raw = [a for a in detail["artifacts"] if a["stage"] == "Network" and a["kind"] == "iperf3-json"]
+    assert len(raw) == 2 * len(tested) and all(a["location"] == "server" for a in raw), raw
+    for a in raw:
+        assert hashlib.sha256(Path(a["path"]).read_bytes()).hexdigest() == a["sha256"]
+        assert Path(a["path"]).is_relative_to(server.data_dir)
+    uploaded = [a for a in detail["artifacts"] if a["stage"] is not None]
+    assert all(a["location"] == "server" for a in uploaded) and outcome.produced["artifact"] == len(uploaded)
     # one lease per NIC and direction, each given back after its test
     log = server.log_tail(2000)
     leased = [line for line in log.splitlines() if "peer.leased" in line and f"run_id={run_id}" in line]

@@ -21,6 +21,7 @@ BODIES = {
     "result": {"stage": "Alpha", "verdict": "passed"},
     "hold": {"ip": "10.0.0.1"},
     "peer": {"kind": "iperf3"},
+    "artifact": {"artifact": {"kind": "k", "path": "/x", "sha256": "00" * 32, "size_bytes": 1}, "content": "eA=="},
     "release": {"lease_id": "x"},
     "heartbeat_host": {"hostname": "n", "agent_version": "t"},
 }
@@ -50,7 +51,7 @@ async def test_every_agent_route_rejects_missing_wrong_and_foreign_tokens(env):
     run_b, tok_b = await env.running("node-b", "aa:bb:cc:00:00:0b")
     routes = _agent_routes(env.app)
     names = {r.rsplit("/", 1)[-1] for r in routes}
-    assert {"hello", "claim", "heartbeat", "log", "sensor", "result", "hold", "peer", "release"} <= names, routes
+    assert {"hello", "claim", "heartbeat", "log", "sensor", "result", "hold", "peer", "release", "artifact"} <= names, routes
     tried = 0
     for path in routes:
         name = path.rsplit("/", 1)[-1]
