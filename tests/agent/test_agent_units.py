@@ -228,7 +228,7 @@ async def test_spool_numbers_orders_and_settles(tmp_path):
     assert order == [("log", 1), ("sensor", 1), ("log", 2), ("result", None)]
     assert (await spool.wait_settled(rid)).reply == b'{"ok":1}'
     assert spool.pending == 0
-    assert await spool.produced() == {"log": 4, "sensor": 5, "result": 1}
+    assert await spool.produced() == {"log": 4, "sensor": 5, "artifact": 0, "result": 1}
     await spool.aclose()
 
 

@@ -278,7 +278,7 @@ STAGE = StageSpec(
         "*": {"cpu": True, "memory": True, "storage": True, "gpu": "auto", "memory_fraction": 0.5,
               "sample_interval_s": 1.0, "storage_file_size": "256M"},
         "quick": {"duration_s": 180, "memory_fraction": 0.25},
-        "deep": {"duration_s": 1800},
+        "deep": {"duration_s": 900},
         "soak": {"duration_s": 12 * 3600, "storage_file_size": "1G"},
     },
     thresholds=(

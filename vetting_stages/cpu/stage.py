@@ -87,7 +87,7 @@ STAGE = StageSpec(
         },
         "quick": {"duration_s": 45},
         "deep": {
-            "duration_s": 1200,
+            "duration_s": 900,
             "stressors": {"cpu": 0, "matrix": 0},
             "options": ["--cpu-method", "all"],
         },

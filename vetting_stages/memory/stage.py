@@ -128,7 +128,7 @@ STAGE = StageSpec(
     params={
         "*": {"workers": 0, "reserve_min_bytes": GIB, "reserve_pct": 10.0, "fail_on_corrected": True},
         "quick": {"duration_s": 60, "fraction": 0.5},
-        "deep": {"duration_s": 1800, "fraction": 1.0},
+        "deep": {"duration_s": 1200, "fraction": 1.0},
         "soak": {"duration_s": 3600, "fraction": 1.0},
     },
     thresholds=(

@@ -23,7 +23,7 @@ from vetting_core import hookimpl
 from vetting_core.context import StageContext, StageFailed, StageSkipped
 from vetting_core.model import Severity, ThresholdRule
 from vetting_core.records import StageSpec
-from vetting_core.tools import ToolNotFound
+from vetting_core.tools import ToolNotFound, which
 
 from .._common import safe_name
 from .parser import parse_smart, self_test_state
@@ -117,51 +117,72 @@ async def _poll_self_test(ctx: StageContext, path: str, poll_s: float, timeout_s
     return {"running": False, "error": "polling the self-test ended without a state"}
 
 
+def _self_test_kind(wanted: str, before: dict[str, Any], budget_s: float | None, ctx: StageContext, path: str) -> str:
+    """``long`` unless the drive says its extended test would not fit in the budget."""
+    minutes = (before.get("polling_minutes") or {}).get("extended")
+    if wanted == "long" and budget_s and minutes and minutes * 60 > budget_s:
+        ctx.log(f"{path}: the drive's extended self-test takes {minutes} min, over this profile's "
+                f"{budget_s / 60:.0f} min budget: running the short one", level="warning")
+        return "short"
+    return wanted
+
+
 async def run(ctx: StageContext) -> None:
+    """Every disk at once: smartctl reads are independent, and a drive runs its
+    self-test on its own, so ten disks take as long as the slowest one."""
     disks = smart_disks(ctx.inventory)
     if not disks:
         raise StageSkipped("no disks in the inventory")
+    try:
+        which("smartctl")
+    except ToolNotFound as exc:
+        raise StageFailed(str(exc)) from None
     self_test = ctx.params.get("self_test")  # None, "short" or "long"
+    budget = ctx.params.get("self_test_budget_s")
     summary: dict[str, Any] = {}
     ctx.summary["disks"] = summary
-    skipped = 0
-    for i, disk in enumerate(disks):
+    skipped: list[str] = []
+    done = 0
+
+    async def one(disk: dict[str, Any]) -> None:
+        nonlocal done
         name, path = disk.get("name") or safe_name(disk["path"]), disk["path"]
-        ctx.progress(i / len(disks), f"SMART {path}")
         async with ctx.substep(name) as step:
-            try:
-                report, raw = await read_smart(ctx, path, artifact=f"smartctl-{safe_name(name)}")
-            except ToolNotFound as exc:
-                raise StageFailed(str(exc)) from None
+            report, raw = await read_smart(ctx, path, artifact=f"smartctl-{safe_name(name)}")
             step.summary.update({k: report.get(k) for k in ("model", "serial", "firmware", "protocol", "passed", "exit_status", "counters", "warnings", "reasons")})
             summary[name] = report.get("verdict")
             if report["verdict"] == "skipped":
-                skipped += 1
+                skipped.append(name)
                 step.skip("; ".join(report["reasons"]))
-                continue
+                return
             record_counters(ctx, name, report)
             for w in report.get("warnings", []):
                 ctx.log(f"{path}: {w}", level="warning")
             if report["verdict"] != "passed":
                 step.fail("; ".join(report["reasons"]))
-                continue
+                return
             if self_test in ("short", "long"):
-                state = await _self_test(
-                    ctx, path, self_test, float(ctx.params.get("poll_s", 10)),
-                    float(ctx.params.get("self_test_timeout_s", 600 if self_test == "short" else 6 * 3600)),
-                    before=self_test_state(json.loads(raw)),
-                )
-                step.summary["self_test"] = state
+                before = self_test_state(json.loads(raw))
+                kind = _self_test_kind(self_test, before, budget, ctx, path)
+                timeout = float(ctx.params.get("self_test_timeout_s", 600 if kind == "short" else budget or 6 * 3600))
+                state = await _self_test(ctx, path, kind, float(ctx.params.get("poll_s", 10)), timeout, before=before)
+                step.summary["self_test"] = {"kind": kind, **state}
                 after, _ = await read_smart(ctx, path, artifact=f"smartctl-{safe_name(name)}-after")
                 record_counters(ctx, name, after)
                 if state.get("last_passed") is False:
-                    step.fail(f"{self_test} self-test: {state.get('last_status')}")
+                    step.fail(f"{kind} self-test: {state.get('last_status')}")
                 elif state.get("error"):
                     step.fail(state["error"])
                 elif after.get("verdict") == "failed":
                     step.fail("; ".join(after["reasons"]))
-    if skipped == len(disks):
-        raise StageSkipped(f"no disk answered SMART ({skipped} skipped)")
+        done += 1
+        ctx.progress(done / len(disks), f"SMART: {done} of {len(disks)} disks done")
+
+    async with anyio.create_task_group() as tg:
+        for disk in disks:
+            tg.start_soon(one, disk)
+    if len(skipped) == len(disks):
+        raise StageSkipped(f"no disk answered SMART ({len(skipped)} skipped)")
 
 
 SMART_STAGE = StageSpec(
@@ -169,7 +190,12 @@ SMART_STAGE = StageSpec(
     run=run,
     order=300,
     description="smartctl health, counters (judged as deltas) and optional self-test per disk.",
-    params={"quick": {"self_test": "short", "poll_s": 10}, "deep": {"self_test": "long", "poll_s": 30}, "soak": {"self_test": None}},
+    params={
+        "quick": {"self_test": "short", "poll_s": 10},
+        # the long test only where the drive says it takes ≤ 20 min (NVMe, SSDs), else the short one
+        "deep": {"self_test": "long", "poll_s": 30, "self_test_budget_s": 1200},
+        "soak": {"self_test": None},
+    },
     thresholds=smart_thresholds("SMART"),
     timeout_s=8 * 3600,
 )

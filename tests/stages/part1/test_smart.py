@@ -137,7 +137,7 @@ esac
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("outcome", ["pass", "read-failure", "refused", "never-ran"])
+@pytest.mark.parametrize("outcome", ["pass", "read-failure", "refused", "never-ran", "long-over-budget"])
 async def test_self_test_is_polled_until_done(tmp_path, monkeypatch, outcome):
     """The polling loop with a scripted smartctl (no SATA disk here): two "in progress"
     answers, then the self-test log; a read failure fails the disk's sub-step. A start
@@ -156,7 +156,9 @@ async def test_self_test_is_polled_until_done(tmp_path, monkeypatch, outcome):
     hitachi = json.loads(fixture_text("smartctl/published/ata-hitachi-failing.json"))
     log = hitachi["ata_smart_self_test_log"]
     before = json.loads((FIXTURES / "smartctl/published/sat-seagate-attributes-pass.json").read_text())
-    if outcome in ("pass", "refused"):
+    if outcome == "long-over-budget":  # a big HDD: its extended test would take 200 min
+        before.setdefault("ata_smart_data", {})["self_test"] = {"status": {"value": 0}, "polling_minutes": {"short": 2, "extended": 200}}
+    if outcome in ("pass", "refused", "long-over-budget"):
         log = {"standard": {"revision": 1, "table": [log["standard"]["table"][0]], "count": 1}}
     elif outcome == "never-ran":  # the log before the start, unchanged
         log = {"standard": {"revision": 1, "table": [log["standard"]["table"][0]], "count": 1}}
@@ -175,7 +177,8 @@ async def test_self_test_is_polled_until_done(tmp_path, monkeypatch, outcome):
     monkeypatch.setenv("SELFTEST_FINAL", str(final))
     ctx = StageContext(stage="SMART", sink=MemorySink(), workdir=tmp_path / "wd",
                        inventory={"disks": [{"name": "sdc", "path": "/dev/sdc"}]},
-                       params={"self_test": "short", "poll_s": 0.05})
+                       params={"self_test": "long" if outcome == "long-over-budget" else "short", "poll_s": 0.05,
+                               "self_test_budget_s": 5400})
     result = await execute_stage(SMART_STAGE, ctx)
     polls = [line for line in ctx.sink.lines if line.message.startswith("$") and " -c " in line.message]
     if outcome == "refused":
@@ -187,8 +190,14 @@ async def test_self_test_is_polled_until_done(tmp_path, monkeypatch, outcome):
     # counters sampled before and after the self-test: deltas are judgeable
     keys = [m.key for m in ctx.sink.samples if m.kind == "smart_attr"]
     assert keys.count("sdc/Current_Pending_Sector") == 2
-    if outcome == "pass":
+    started = [line.message for line in ctx.sink.lines if line.message.startswith("$") and " -t " in line.message]
+    assert len(started) == 1 and " -t short " in started[0]
+    if outcome in ("pass", "long-over-budget"):
         assert result.verdict is Verdict.passed, result.reason
+        assert result.substeps[0].summary["self_test"]["kind"] == "short"
+        over = any("extended self-test takes 200 min, over this profile's 90 min budget" in line.message
+                   for line in ctx.sink.lines)
+        assert over is (outcome == "long-over-budget")
     elif outcome == "never-ran":
         assert result.verdict is Verdict.failed and "left no new entry in the self-test log" in result.reason
     else:

@@ -63,6 +63,12 @@ def test_fio_fixtures():
     bad = parse_fio_json(fixture_text("fio/3.33/enospc-loop-verify-fail.json"))
     why = fio_failure("", fixture_text("fio/3.33/enospc-loop-verify-fail.stderr"), bad)
     assert bad["error"] == 28 and "error 28" in why and "No space left on device" in why
+    # a real crc32c mismatch: fio says so on stderr and exits 1; the JSON after a warning line
+    out = fixture_text("fio/3.33/crc32c-mismatch.json")
+    mismatch = parse_fio_json(out)
+    why = fio_failure(out, fixture_text("fio/3.33/crc32c-mismatch.stderr"), mismatch)
+    assert mismatch["error"] == 84 and any("err=84" in n for n in mismatch["notes"])
+    assert why.startswith("fio job seqwrite_verify error 84: crc32c: verify failed at file") and "offset 3145728" in why
 
 
 def test_fio_garbage_and_read_jobs_are_readonly():

@@ -30,3 +30,16 @@ def test_profiles_plan_durations_and_scoped_thresholds():
     stages = {r.stage for r in quick.thresholds if r.kind in ("stress_ng", "psu_rail", "gpu_counter", "nic_counter")}
     assert stages == {"CPUStress", "PSU", "GPU", "Network"}
     assert all(r.stage != "*" for r in quick.thresholds)
+
+
+def test_deep_fits_its_two_hours_on_a_four_ssd_server():
+    """docs/profiles.md's budget: deep = timed stages + SMART's long-test budget +
+    Storage (~4 min per SSD, 4 SSDs) + 2 NICs of Network ≤ 2 hours."""
+    reg = load_registry()
+    deep = {s.name: s.params for s in plan_run(reg, "deep").stages}
+    timed = sum(deep[n]["duration_s"] for n in ("CPUStress", "Memory", "GPU", "Burn"))
+    network = 2 * 2 * deep["Network"]["duration_s"]  # two NICs, both directions
+    storage = 4 * (2 * deep["Storage"]["runtime_s"] + 120)  # reads + 8 GiB verified writes on an SSD
+    total = timed + network + deep["SMART"]["self_test_budget_s"] + storage
+    assert deep["Storage"]["badblocks"] is False  # full-surface tests are soak's
+    assert total <= 2 * 3600, f"deep plans {total / 60:.0f} minutes"
