@@ -240,3 +240,46 @@ async def test_stage_judgement_with_nvidia_smi_fallback(tmp_path, fixtures, monk
     assert res.verdict is Verdict.failed and res.reason.startswith("gpu1: ")
     dbe = [s for s in sink.samples if s.kind == "gpu_counter" and s.key == "gpu1/ecc_dbe_volatile"]
     assert [s.value for s in dbe] == [1.0, 1.0]  # before and after: no growth during the stage
+
+
+@pytest.mark.anyio
+async def test_burn_judgements_rate_xid_and_temperature(tmp_path, fixtures, monkeypatch):
+    """The judgements of a burn, with the edge of the machine scripted (no GPU here):
+    ``nvidia-smi`` replays the two-H100 CSV, ``gpu_burn`` replays a captured K80 run
+    (about 2 TFLOP/s, cut off before its OK/FAULTY verdict, exit 0), and ``dmesg`` shows
+    an Xid 79 for GPU 0 only after the burn. The stage must fail GPU 0 for the new Xid,
+    the missing verdict and its rate, and GPU 1 for its 88 °C."""
+    from vetting_stages.gpu import nvml
+
+    if nvml.load() is not None:
+        pytest.skip("NVML works here: the stage would use it, not the nvidia-smi fallback")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    state = tmp_path / "dmesg-calls"
+    scripts = {
+        "nvidia-smi": f"cat '{fixtures / 'nvidia-smi/csv/h100x2-query-gpu.csv'}'",
+        "gpu_burn": f"sleep 1; cat '{fixtures / 'gpu_burn/upstream/k80-1gpu-ok.txt'}'",  # sampled while it runs
+        # the first call (before the burn) shows an old Xid of another GPU; the second a new one on GPU 0
+        "dmesg": (f"echo '[ 10.0] NVRM: Xid (PCI:0000:3b:00): 13, pid=1, Graphics Exception'\n"
+                  f"if [ -e '{state}' ]; then echo '[ 99.0] NVRM: Xid (PCI:0000:18:00): 79, pid=0, GPU has fallen off the bus.'; fi\n"
+                  f"touch '{state}'"),
+    }
+    for name, body in scripts.items():
+        script = bindir / name
+        script.write_text(f"#!/bin/sh\n{body}\n")
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{__import__('os').environ['PATH']}")
+    inventory = {"gpus": [{"index": 0, "name": "NVIDIA H100 80GB HBM3"}, {"index": 1, "name": "NVIDIA H100 80GB HBM3"}]}
+    res, sink = await run_stage(GPU, tmp_path / "wd", inventory=inventory, params={
+        "backend": "gpu_burn", "duration_s": 1, "sample_interval_s": 0.1, "require_ecc": False, "check_pcie_gen": False,
+    })
+    assert res.summary["backend"] == "gpu_burn"
+    steps = {s.name: s for s in res.substeps}
+    gpu0, gpu1 = steps["gpu0"], steps["gpu1"]
+    assert gpu0.state is Verdict.failed
+    assert "1 new Xid event(s): [79]" in gpu0.reason
+    assert "no verdict printed for this GPU" in gpu0.reason
+    assert "2 TFLOP/s sustained is 0% of the nominal 712" in gpu0.reason and 2.0 < gpu0.summary["tflops"] < 2.3
+    assert [m.value for m in sink.samples if m.key == "gpu0/xid_events"] == [0, 1]
+    assert gpu1.state is Verdict.failed and "temperature reached 88 °C (limit" in gpu1.reason
+    assert "Xid" not in gpu1.reason and res.verdict is Verdict.failed
