@@ -44,7 +44,7 @@ import msgspec
 import pytest
 
 from . import builtin
-from .context import MemorySink, StageContext, execute_stage
+from .context import MemorySink, Peers, StageContext, execute_stage
 from .model import (
     Host,
     Measurement,
@@ -197,6 +197,7 @@ async def run_stage(
     workdir: str | os.PathLike[str] | None = None,
     timeout_s: float | None = None,
     run_id: int | None = 1,
+    peers: Peers | None = None,
 ) -> StageRun:
     """Run one stage the way the agent does (``execute_stage``) and collect its output.
 
@@ -204,7 +205,9 @@ async def run_stage(
     are merged over the stage's defaults for ``profile`` (``defaults=False`` uses only
     ``params``). ``spec`` is the host's expected spec. Threshold rules: the stage's
     defaults plus ``thresholds``; operators: the registry's, else the built-ins plus
-    ``operators``. ``timeout_s`` overrides ``StageSpec.timeout_s``.
+    ``operators``. ``timeout_s`` overrides ``StageSpec.timeout_s``. ``peers`` stands in
+    for the orchestrator's test peers (``ctx.peer(kind)``): a function returning an async
+    context manager that yields a :class:`~vetting_core.Peer`.
     """
     if isinstance(stage, str):
         if registry is None:
@@ -230,6 +233,7 @@ async def run_stage(
         non_destructive=non_destructive,
         override_flags=override_flags,
         thresholds=rules,
+        peers=peers,
     )
     result = await execute_stage(stage, ctx)
     return StageRun(

@@ -143,3 +143,34 @@ def test_kit_imports_nothing_outside_vetting_core():
     src = open(kit.__file__).read()
     assert "import vetting_" not in src.replace("import vetting_core", "") and "from vetting_" not in src
     assert "vetting_core" in names
+
+
+@pytest.mark.anyio
+async def test_run_stage_hands_the_stage_test_peers(tmp_path):
+    """``peers=`` stands in for the orchestrator: here a real pool of one-shot iperf3
+    servers on loopback, leased by the real Network stage for every NIC and direction."""
+    import shutil
+    from contextlib import asynccontextmanager
+
+    from vetting_core import Peer
+    from vetting_stages.network.iperf_server import IperfServerPool
+    from vetting_stages.network.stage import STAGE as NETWORK
+
+    if shutil.which("iperf3") is None:
+        pytest.fail("iperf3 is a test dependency (.ci/debian-packages.txt)")
+    leased = []
+    async with IperfServerPool(range(5301, 5311), bind="127.0.0.1") as pool:
+
+        @asynccontextmanager
+        async def peers(kind):
+            async with pool.lease() as lease:
+                leased.append((kind, lease.port))
+                yield Peer(kind=kind, host="127.0.0.1", port=lease.port)
+
+        run = await run_stage(NETWORK, params={"nics": ["lo"], "duration_s": 1, "parallel": 1, "bind": False},
+                              peers=peers, workdir=tmp_path)
+    assert run.result.verdict is Verdict.passed, run.result.reason
+    assert [k for k, _ in leased] == ["iperf3", "iperf3"]  # send, then receive
+    assert run.context.peers_available and run.result.summary["tested"] == ["nic:lo"]
+    (sent,) = assert_measured(run, "network", "lo/send/throughput_mbps", unit="Mbit/s")
+    assert sent.value > 1
