@@ -335,3 +335,24 @@ def test_nvml_source_reads_every_gpu():
         assert any(kind == "power" and 1 < v < 2000 for kind, _, v, _ in readings)
     finally:
         src.close()
+
+
+@pytest.mark.anyio
+async def test_ipmi_source_reads_a_real_bmc(tmp_path):
+    """The sidecar's BMC source against OpenIPMI's ipmi_sim over lanplus on loopback
+    (the PSU tests' emulator): rails come out scaled, in volts."""
+    from tests.stages.part2.ipmisim import ipmi_sim
+    from vetting_agent.sidecar import IpmiSource
+
+    with ipmi_sim(tmp_path, ps2_failed=False, redundancy_lost=False) as bmc:
+        argv = ["ipmitool", "-I", "lanplus", "-C", str(bmc["cipher"]), "-H", bmc["host"], "-p", str(bmc["port"]),
+                "-U", bmc["user"], "-P", bmc["password"], "sdr"]
+        source = IpmiSource(argv, interval_s=30.0)
+        assert source.due()
+        await source.refresh()
+        assert not source.due()  # not again before interval_s
+        readings = {key: (kind, value, unit) for kind, key, value, unit in source.read()}
+    assert source.failures == 0
+    assert readings["ipmi/12V"] == ("volt", pytest.approx(12.06), "V")
+    assert readings["ipmi/3.3V"][0] == "volt" and 3.0 < readings["ipmi/3.3V"][1] < 3.6
+    assert source.read() == []  # each reading is handed out once
