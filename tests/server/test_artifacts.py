@@ -35,6 +35,8 @@ async def test_upload_is_verified_stored_once_and_replaces_the_agent_copy(env):
     assert damaged.status_code == 422 and "the upload is damaged" in damaged.json()["detail"]
     unknown = await env.agent("POST", f"/api/v1/runs/{run_id}/artifact", tok, json=upload(content, stage="Nope"))
     assert unknown.status_code == 409 and "no stage 'Nope'" in unknown.json()["detail"]
+    garbled = await env.agent("POST", f"/api/v1/runs/{run_id}/artifact", tok, json={**upload(content), "content": "not base64!"})
+    assert garbled.status_code == 400 and garbled.json()["detail"]
     hostile = await env.agent("POST", f"/api/v1/runs/{run_id}/artifact", tok, json=upload(b"x", name="../../../etc/passwd"))
     assert hostile.status_code == 200
 

@@ -92,8 +92,11 @@ async def run(ctx: StageContext) -> None:
             if rail:
                 readings.append(RailReading("ipmi", rec.name, rec.value, rail))
         for rec in elist:
-            if rec.value is not None and (rec.unit or "").lower().startswith("watt") and rec.is_psu is False:
+            unit = (rec.unit or "").lower()
+            if rec.value is not None and unit.startswith("watt") and rec.is_psu is False:
                 ctx.measure("psu_power", f"ipmi:{rec.name}", rec.value, "W")
+            elif rec.value is not None and unit.startswith("amp"):
+                ctx.measure("psu_current", f"ipmi:{rec.name}", rec.value, "A")
 
     triples = await _lm_sensors(ctx, why) if "sensors" in sources else []
     source = "sensors"

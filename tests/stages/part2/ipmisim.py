@@ -38,6 +38,7 @@ def emu_script(*, ps2_failed: bool, redundancy_lost: bool, v12_raw: int = 201, v
         (5, "5V", 0x02, 0x01, {"unit": 4, "m": 3, "rexp": -2}),
         (6, "3.3V", 0x02, 0x01, {"unit": 4, "m": 2, "rexp": -2}),
         (7, "5VSB", 0x02, 0x01, {"unit": 4, "m": 3, "rexp": -2}),
+        (8, "PS1 Current", 0x03, 0x01, {"unit": 5, "m": 1, "rexp": -1}),  # 0.1 A per count
     ]
     lines = ["mc_setbmc 0x20", "mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02", "sel_enable 0x20 1000 0x0a"]
     for num, name, st, et, kw in sensors:
@@ -54,6 +55,7 @@ def emu_script(*, ps2_failed: bool, redundancy_lost: bool, v12_raw: int = 201, v
         "sensor_set_value 0x20 0 5 168 0",
         "sensor_set_value 0x20 0 6 166 0",
         f"sensor_set_value 0x20 0 7 {v5sb_raw} 0",
+        "sensor_set_value 0x20 0 8 62 0",                      # 6.2 A
         "mc_enable 0x20",
     ]
     return "\n".join(lines) + "\n"

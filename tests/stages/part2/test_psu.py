@@ -126,6 +126,8 @@ async def test_stage_against_ipmi_sim_healthy(tmp_path):
     assert set(res.summary["psu"]) == {"PS1 Status", "PS2 Status", "PS Redundancy"}
     assert samples(sink, "psu_rail", "+12V/ipmi:12V")[0].value == pytest.approx(12.06)
     assert all(s.value == 1.0 for s in samples(sink, "psu_status"))
+    (amps,) = samples(sink, "psu_current", "ipmi:PS1 Current")
+    assert amps.value == pytest.approx(6.2) and amps.unit == "A"
 
 
 @pytest.mark.anyio
