@@ -145,11 +145,38 @@ async def test_destructive_without_spec_disks_is_refused(tmp_path):
 # -- wipe probe, real signatures on loop devices ------------------------------------------
 
 
+def write_md_superblock(path: Path) -> None:
+    """An md RAID1 member's v1.2 superblock, as mdadm writes it: ``struct
+    mdp_superblock_1`` (the kernel's md_p.h) 4 KiB from the start of the device. This VM
+    has no md driver, so ``mdadm --create`` cannot run here; the layout and checksum are
+    the kernel's, and blkid reads it as ``linux_raid_member`` like any array member."""
+    import struct
+    import uuid
+
+    max_dev, size = 2, path.stat().st_size >> 9
+    sb = bytearray(256 + 2 * max_dev)
+    struct.pack_into("<IIII", sb, 0, 0xA92B4EFC, 1, 0, 0)  # magic, major_version, feature_map, pad
+    sb[16:32] = uuid.UUID("0e1d2c3b-4a59-6877-8695-a4b3c2d1e0f0").bytes  # set_uuid
+    sb[32:64] = b"node7:0".ljust(32, b"\0")  # set_name
+    struct.pack_into("<QiiQii", sb, 64, 1_764_000_000, 1, 0, size - 2056, 0, 2)  # ctime, level 1, layout, size, chunk, raid_disks
+    struct.pack_into("<QQQQ", sb, 128, 2048, size - 2048, 8, 0)  # data_offset, data_size, super_offset, recovery_offset
+    sb[168:184] = uuid.UUID("11111111-2222-3333-4444-555555555555").bytes  # device_uuid
+    struct.pack_into("<QQQ", sb, 192, 1_764_000_000, 1, 2**64 - 1)  # utime, events, resync_offset
+    struct.pack_into("<I", sb, 220, max_dev)
+    struct.pack_into("<HH", sb, 256, 0, 1)  # dev_roles
+    csum = sum(struct.unpack_from(f"<{len(sb) // 4}I", sb))
+    struct.pack_into("<I", sb, 216, ((csum & 0xFFFFFFFF) + (csum >> 32)) & 0xFFFFFFFF)
+    with path.open("r+b") as fh:
+        fh.seek(4096)
+        fh.write(sb)
+
+
 @pytest.mark.root
 @pytest.mark.anyio
 async def test_wipe_probe_holds_on_real_signatures_and_writes_nothing(tmp_path, loops):
     # sparse images; mkfs.xfs insists on 300 MB
-    images = {k: loops.image(f"{k}.img", 320 if k == "xfs" else 40) for k in ("gpt", "lvm", "ext4", "xfs", "vfat", "blank")}
+    images = {k: loops.image(f"{k}.img", 320 if k == "xfs" else 40) for k in ("gpt", "lvm", "ext4", "xfs", "vfat", "raid", "blank")}
+    write_md_superblock(images["raid"])
     gpt = loops.attach(images["gpt"], partscan=True)
     run(["parted", "-s", gpt, "mklabel", "gpt", "mkpart", "data", "ext4", "1MiB", "100%"])
     subprocess.run(["partx", "-u", gpt], capture_output=True)
@@ -164,7 +191,7 @@ async def test_wipe_probe_holds_on_real_signatures_and_writes_nothing(tmp_path, 
     lvm = loops.attach(images["lvm"])
     run(["pvcreate", "-q", "-y", lvm])
     try:
-        devs = {k: loops.attach(images[k]) for k in ("ext4", "xfs", "vfat", "blank")} | {"gpt": gpt, "lvm": lvm}
+        devs = {k: loops.attach(images[k]) for k in ("ext4", "xfs", "vfat", "raid", "blank")} | {"gpt": gpt, "lvm": lvm}
         before = {k: sha(p) for k, p in images.items()}
         ctx, result = await storage(tmp_path, devs.values(), destructive=True)
         assert result.verdict is Verdict.hold and result.hold
@@ -179,6 +206,8 @@ async def test_wipe_probe_holds_on_real_signatures_and_writes_nothing(tmp_path, 
             assert ("filesystem", "xfs") in kinds[devs["xfs"]]
         if shutil.which("mkfs.vfat"):
             assert ("filesystem", "vfat") in kinds[devs["vfat"]]
+        assert ("raid", "linux_raid_member") in kinds[devs["raid"]]
+        assert "node7:0" in next(f["detail"] for f in found[devs["raid"]])
         assert devs["blank"] not in found
         assert "wipe probe found data on" in result.reason
         assert not [m for m in ctx.sink.samples if m.kind == "fio"]  # nothing ran
