@@ -82,6 +82,9 @@ class DiskSpec(_Spec):
     write_mbps: Positive | None = None
     read_iops: Positive | None = None
     write_iops: Positive | None = None
+    # ceilings of the 99th-percentile completion latency of the random 4 KiB jobs (µs)
+    read_p99_us: Positive | None = None
+    write_p99_us: Positive | None = None
     tolerance_pct: Pct = 20.0
 
 

@@ -142,7 +142,8 @@ async def wipe_probe(ctx: StageContext, path: str) -> list[dict[str, str]]:
 
 
 def nominal_rules(disk: str, entry: Any) -> list[ThresholdRule]:
-    """``gte`` rules from a spec disk entry's nominal performance."""
+    """Rules from a spec disk entry: throughput and IOPS at least nominal − tolerance
+    (``gte``), random 4 KiB p99 latency at most nominal + tolerance (``lte``)."""
     rules = []
     tol = entry.tolerance_pct
     for job, metric, nominal in (("seqread", "read_mbps", entry.read_mbps), ("seqwrite_verify", "write_mbps", entry.write_mbps),
@@ -150,6 +151,11 @@ def nominal_rules(disk: str, entry: Any) -> list[ThresholdRule]:
         if nominal:
             rules.append(ThresholdRule(stage="Storage", kind="fio", key=f"{disk}/{job}/{metric}", op="gte",
                                        threshold=nominal * (1 - tol / 100), nominal=nominal, source="spec"))
+    for job, metric, ceiling in (("randread", "read_clat_p99_us", entry.read_p99_us),
+                                 ("randwrite_verify", "write_clat_p99_us", entry.write_p99_us)):
+        if ceiling:
+            rules.append(ThresholdRule(stage="Storage", kind="fio", key=f"{disk}/{job}/{metric}", op="lte",
+                                       threshold=ceiling * (1 + tol / 100), nominal=ceiling, unit="us", source="spec"))
     return rules
 
 
@@ -284,7 +290,9 @@ async def run(ctx: StageContext) -> None:
         for b in breaches:
             rule, sample = engine.rules[b.rule], samples[b.sample]
             disk = sample.key.split("/", 1)[0]
-            msg = f"{sample.key} = {b.observed:.1f}, below {rule.threshold:.1f} (nominal {rule.nominal:g} − tolerance)"
+            side = "above" if rule.op == "lte" else "below"
+            sign = "+" if rule.op == "lte" else "−"
+            msg = f"{sample.key} = {b.observed:.1f}, {side} {rule.threshold:.1f} (nominal {rule.nominal:g} {sign} tolerance)"
             ctx.log(msg, level="error")
             for s in ctx.substeps:
                 if s.name == disk and s.state is not Verdict.failed:

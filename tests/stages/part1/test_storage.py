@@ -258,6 +258,25 @@ async def test_nominal_throughput_is_judged(tmp_path, loops):
 
 @pytest.mark.root
 @pytest.mark.anyio
+@pytest.mark.parametrize("ceiling_us", [0.01, 1_000_000])
+async def test_random_read_latency_is_judged_against_its_ceiling(tmp_path, loops, ceiling_us):
+    # no disk answers a 4 KiB read in 10 ns at p99; every disk does within a second
+    dev = loops.attach(loops.image("blank.img", 16), readonly=True)
+    spec = {"disks": [{"model": "*", "transport": "loop", "read_p99_us": ceiling_us, "tolerance_pct": 10}]}
+    ctx, result = await storage(tmp_path, [dev], destructive=False, spec=spec)
+    (rule,) = result.summary["nominal_rules"]
+    assert (rule["op"], rule["key"].split("/", 1)[1], rule["unit"]) == ("lte", "randread/read_clat_p99_us", "us")
+    p99 = result.substeps[0].summary["fio"]["randread"]["read_clat_p99_us"]
+    assert p99 > 0
+    if ceiling_us < 1:
+        assert result.verdict is Verdict.failed and "randread/read_clat_p99_us" in result.reason
+        assert "above 0.0 (nominal 0.01 + tolerance)" in result.reason
+    else:
+        assert result.verdict is Verdict.passed, result.reason
+
+
+@pytest.mark.root
+@pytest.mark.anyio
 async def test_badblocks_bad_blocks_fail_the_disk_although_it_exits_zero(tmp_path, loops):
     small = loops.tmpfs("4m")
     dev = loops.attach(loops.image("d.img", 8, where=small))
