@@ -29,10 +29,10 @@ from .api_operator import EventController, HostController, RunController, System
 from .errors import ApiError
 from .ingest import Ingest
 from .migrate import migrate
+from .peers import PeerService
 from .reporting import Reporting
 from .runs import RunService
 from .runtime import Runtime
-from .peers import PeerService
 from .scheduler import Scheduler
 
 log = structlog.get_logger()
