@@ -183,12 +183,12 @@ async def test_notifications_delivered_and_recorded(database_url, tmp_path, test
 
 
 class _Broken(http.server.BaseHTTPRequestHandler):
-    """/down answers 500; /hang answers after 3 s (past the target's timeout)."""
+    """/down answers 500; /hang answers after 5 s (past the target's timeout)."""
 
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.path == "/hang":
-            time.sleep(3)
+            time.sleep(5)
         self.send_response(500 if self.path == "/down" else 204)
         self.end_headers()
 
@@ -204,7 +204,7 @@ async def test_failing_receivers_are_retried_recorded_and_never_hold_up_the_run(
         "targets": [
             {"name": "down", "kind": "webhook", "config": {"url": f"{base}/down", "secret": "s" * 20}, "retries": 1},
             {"name": "hung", "kind": "webhook", "config": {"url": f"{base}/hang", "secret": "s" * 20}, "retries": 1,
-             "timeout_s": 0.5},
+             "timeout_s": 2.0},
         ],
         "routes": [{"targets": ["down", "hung"], "events": ["StageFailed"]}],
     })
@@ -216,7 +216,8 @@ async def test_failing_receivers_are_retried_recorded_and_never_hold_up_the_run(
             r = await env.agent("POST", f"/api/v1/runs/{run_id}/result", tok,
                                 json={"stage": "Alpha", "verdict": "failed", "reason": "fan"})
             assert r.status_code == 200 and r.json()["next_state"] == "Failed"
-            assert time.monotonic() - started < 2.0  # delivery happens after the reply
+            # delivery happens after the reply: waiting for "hung" would take ≥ 2 × 2 s + backoff
+            assert time.monotonic() - started < 3.0
             with anyio.fail_after(20):
                 while True:
                     ev = (await env.op("GET", f"/api/v1/runs/{run_id}/events")).json()

@@ -202,3 +202,39 @@ async def test_self_test_is_polled_until_done(tmp_path, monkeypatch, outcome):
         assert result.verdict is Verdict.failed and "left no new entry in the self-test log" in result.reason
     else:
         assert result.verdict is Verdict.failed and "short self-test: Completed: read failure" in result.reason
+
+
+@pytest.mark.anyio
+async def test_every_disk_is_read_at_once(tmp_path, monkeypatch):
+    """Ten disks take as long as the slowest: the reads of three disks overlap in time
+    (a scripted smartctl logs when each call starts and ends), and each disk keeps its
+    own sub-step, in inventory order."""
+    import os
+
+    from .conftest import FIXTURES
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    fake = bin_dir / "smartctl"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f"echo \"start $(date +%s.%N)\" >> '{calls}'\n"
+        "sleep 0.5\n"
+        f"echo \"end $(date +%s.%N)\" >> '{calls}'\n"
+        f"cat '{FIXTURES / 'smartctl/published/nvme-intel-660p-pass.json'}'\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    disks = [{"name": f"nvme{i}n1", "path": f"/dev/nvme{i}n1"} for i in range(3)]
+    ctx = StageContext(stage="SMART", sink=MemorySink(), workdir=tmp_path / "wd", inventory={"disks": disks},
+                       params={"self_test": None})
+    result = await execute_stage(SMART_STAGE, ctx)
+    assert result.verdict is Verdict.passed, result.reason
+    assert [s.name for s in result.substeps] == ["nvme0n1", "nvme1n1", "nvme2n1"]
+    assert all(s.state is Verdict.passed for s in result.substeps)
+    marks = [line.split() for line in calls.read_text().splitlines()]
+    starts = [float(t) for kind, t in marks if kind == "start"]
+    ends = [float(t) for kind, t in marks if kind == "end"]
+    assert len(starts) == len(ends) == 3
+    assert max(starts) < min(ends), "a disk's read began only after another's ended: not concurrent"
