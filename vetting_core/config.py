@@ -65,6 +65,7 @@ class PxeSettings(_Section):
     dnsmasq: str = "dnsmasq"
     interface: str | None = None
     dhcp_range: str | None = None  # e.g. "10.0.0.100,10.0.0.200,12h"
+    user: str = "root"  # dnsmasq drops to this user before serving TFTP: it must read tftp_root
     tftp_root: str = "./var/tftp"
     kernel_url: str = ""
     initrd_url: str = ""
@@ -232,6 +233,13 @@ def _check_references(settings: Settings, source: str) -> None:
                     f"{source}: $.notifications.routes[{i}].events: unknown event {event!r} "
                     f"(events: *, {', '.join(sorted(kinds))})"
                 )
+    for key in ("dnsmasq", "interface", "dhcp_range", "user", "tftp_root", "kernel_url", "initrd_url", "cmdline_extra"):
+        if any(c in (getattr(settings.pxe, key) or "") for c in "\r\n"):
+            raise ConfigError(f"{source}: $.pxe.{key} must be one line (it goes into dnsmasq's configuration)")
+    if settings.pxe.enabled:
+        for key in ("interface", "dhcp_range"):
+            if not getattr(settings.pxe, key):
+                raise ConfigError(f"{source}: $.pxe.{key} is required when $.pxe.enabled is true")
     try:
         parse_ports(settings.peers.iperf3_ports)
     except ValueError as exc:

@@ -137,6 +137,7 @@ class HostController(Controller):
         except UniqueViolation:
             await _unique(rt, name, mac)
             raise
+        await rt.pxe.refresh()  # the MAC allowlist of the PXE server
         return host_out(await _host(request, int(host_id)), agent_token=token)
 
     @get("/{host_id:int}", summary="One host")
@@ -183,6 +184,8 @@ class HostController(Controller):
             except UniqueViolation:
                 await _unique(rt, fields.get("name"), fields.get("mac"), exclude=host_id)
                 raise
+            if "mac" in fields:
+                await rt.pxe.refresh()
         return host_out(await _host(request, host_id))
 
     @delete("/{host_id:int}", status_code=204, summary="Delete a host and its run history")
@@ -200,6 +203,7 @@ class HostController(Controller):
             await u.tx.execute("DELETE FROM hosts WHERE id = $1", host_id)
             await u.event("audit.host_deleted", f"host {host['name']} ({host['mac']}) deleted by {user['name']}",
                           actor=user["name"], data={"host_id": host_id, "name": host["name"], "mac": host["mac"]})
+        await rt.pxe.refresh()
 
     @post("/{host_id:int}/agent-token", status_code=201, summary="Issue a new host-mode agent token")
     async def rotate_token(self, request: Request, host_id: int) -> HostOut:

@@ -30,6 +30,7 @@ from .errors import ApiError
 from .ingest import Ingest
 from .migrate import migrate
 from .peers import PeerService
+from .pxe import PxeSupervisor
 from .reporting import Reporting
 from .runs import RunService
 from .runtime import Runtime
@@ -106,6 +107,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     rt.scheduler = Scheduler(rt)
     rt.reporting = Reporting(rt)
     rt.peers = PeerService(settings.peers)
+    rt.pxe = PxeSupervisor(rt)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -126,6 +128,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
                 tg.start_soon(rt.ingest.run)
                 tg.start_soon(rt.scheduler.run)
                 tg.start_soon(rt.peers.run)
+                tg.start_soon(rt.pxe.run)
                 try:
                     yield
                 finally:

@@ -142,6 +142,7 @@ class Runtime:
         self.service: Any = None
         self.scheduler: Any = None
         self.peers: Any = None  # PeerService
+        self.pxe: Any = None  # PxeSupervisor
         self._last_full: datetime | None = None
         self._last_refresh: datetime | None = None
 

@@ -1,0 +1,135 @@
+"""The PXE supervisor: real dnsmasq on a veth pair into a network namespace, a real DHCP
+client (busybox udhcpc) on the other end. Gate 1 of the seed: only registered MACs get
+an answer, and each gets its own per-MAC iPXE script URL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from vetting_core.config import ConfigError, settings_from_dict
+from vetting_server.pxe import render_conf
+
+from .conftest import Env, create_operator_token, make_settings, serve_in_process
+
+pytestmark = pytest.mark.anyio
+
+CLIENT_SCRIPT = '#!/bin/sh\n[ "$1" = bound ] && echo "LEASE ip=$ip boot_file=$boot_file"\nexit 0\n'
+
+
+def test_pxe_settings_are_checked():
+    with pytest.raises(ConfigError, match=r"\$\.pxe\.interface is required when \$\.pxe\.enabled is true"):
+        settings_from_dict({"pxe": {"enabled": True, "dhcp_range": "10.0.0.10,10.0.0.20,1h"}})
+    with pytest.raises(ConfigError, match=r"\$\.pxe\.dhcp_range must be one line"):
+        settings_from_dict({"pxe": {"dhcp_range": "10.0.0.10,10.0.0.20\ndhcp-script=/bin/evil"}})
+
+
+def test_the_configuration_passes_dnsmasqs_own_check(tmp_path):
+    assert shutil.which("dnsmasq"), "dnsmasq is a test dependency (.ci/debian-packages.txt: dnsmasq-base)"
+    settings = settings_from_dict({"pxe": {"enabled": True, "interface": "lo", "dhcp_range": "10.9.0.10,10.9.0.20,1h",
+                                           "tftp_root": str(tmp_path / "tftp")}})
+    conf = tmp_path / "dnsmasq.conf"
+    conf.write_text(render_conf(settings, tmp_path))
+    for name in ("hosts", "opts"):
+        (tmp_path / name).write_text("")
+    res = subprocess.run(["dnsmasq", "--test", f"--conf-file={conf}"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0 and "syntax check OK" in res.stderr, res.stderr
+    assert "dhcp-ignore=tag:!known" in conf.read_text()
+
+
+@contextmanager
+def vlan():
+    """A veth pair: the server's end (10.231.7.1/24) here, the client's in a namespace."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a network namespace")
+    tag = uuid.uuid4().hex[:6]
+    ns, server_if, client_if = f"vx{tag}", f"vs{tag}", f"vc{tag}"
+
+    def sh(*argv: str) -> None:
+        subprocess.run(argv, check=True, capture_output=True)
+
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", server_if, "type", "veth", "peer", "name", client_if)
+        sh("ip", "link", "set", client_if, "netns", ns)
+        sh("ip", "addr", "add", "10.231.7.1/24", "dev", server_if)
+        sh("ip", "link", "set", server_if, "up")
+        sh("ip", "-n", ns, "link", "set", client_if, "up")
+    except subprocess.CalledProcessError as exc:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", server_if], capture_output=True)
+        pytest.skip(f"cannot create a veth pair here: {exc.stderr.decode().strip()}")
+    try:
+        yield ns, server_if, client_if
+    finally:
+        subprocess.run(["ip", "link", "del", server_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def dhcp(ns: str, iface: str, mac: str, script: Path, *, ipxe: bool, tries: int = 3) -> str | None:
+    """One DHCP exchange from ``mac``; the bound lease's boot file, or None when nobody
+    answered. Each try waits 4 s: dnsmasq pings a new address for ~3 s before offering it."""
+    subprocess.run(["ip", "-n", ns, "link", "set", iface, "address", mac], check=True, capture_output=True)
+    argv = ["ip", "netns", "exec", ns, "busybox", "udhcpc", "-i", iface, "-n", "-q", "-t", str(tries), "-T", "4", "-s", str(script)]
+    if ipxe:
+        argv += ["-x", "0xaf:01"]  # option 175: what iPXE sends, so it gets the per-MAC script URL
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+    for line in out.splitlines():
+        if line.startswith("LEASE "):
+            return line.split("boot_file=", 1)[1]
+    return None
+
+
+async def test_only_registered_macs_get_an_address_and_their_ipxe_script(tmp_path, test_registry):
+    # the allowlist is read from the hosts table; one engine is enough here (SQLite)
+    assert shutil.which("dnsmasq") and shutil.which("busybox"), "apt-get install dnsmasq-base busybox"
+    from vetting_server.app import create_app
+
+    script = tmp_path / "udhcpc.sh"
+    script.write_text(CLIENT_SCRIPT)
+    script.chmod(0o755)
+    with vlan() as (ns, server_if, client_if):
+        settings = make_settings(f"sqlite:///{tmp_path / 'vetting.db'}", tmp_path, pxe={
+            "enabled": True, "interface": server_if, "dhcp_range": "10.231.7.100,10.231.7.150,1h",
+            "tftp_root": str(tmp_path / "tftp"),
+        })
+        app = create_app(settings, registry=test_registry)
+        async with serve_in_process(app) as client:
+            env = Env(app, client, await create_operator_token(app.state.rt))
+            host = await env.create_host("node1", "02:00:00:07:00:01")
+            await env.create_host("node2", "02:00:00:07:00:02")
+            pxe = app.state.rt.pxe
+            with anyio.fail_after(10):
+                while pxe.process is None:
+                    await anyio.sleep(0.05)
+
+            async def ask(mac: str, ipxe: bool, tries: int = 3) -> str | None:
+                return await anyio.to_thread.run_sync(lambda: dhcp(ns, client_if, mac, script, ipxe=ipxe, tries=tries))
+
+            # firmware PXE gets iPXE over TFTP; iPXE gets this MAC's own script URL
+            assert await ask("02:00:00:07:00:01", ipxe=False) == "undionly.kpxe"
+            assert await ask("02:00:00:07:00:01", ipxe=True) == "http://testserver/ipxe/02:00:00:07:00:01"
+            assert await ask("02:00:00:07:00:02", ipxe=True) == "http://testserver/ipxe/02:00:00:07:00:02"
+            # a machine nobody registered is not answered at all
+            assert await ask("02:00:00:07:00:99", ipxe=True, tries=2) is None
+            # deleting a host takes its MAC off the allowlist at once (dnsmasq reloaded,
+            # never crashed), and the other host still gets its address from its lease
+            reloads = pxe.reloads
+            r = await env.op("DELETE", f"/api/v1/hosts/{host['id']}")
+            assert r.status_code == 204
+            with anyio.fail_after(10):
+                while pxe.reloads == reloads or pxe.process is None:
+                    await anyio.sleep(0.05)
+            assert await ask("02:00:00:07:00:01", ipxe=True, tries=2) is None
+            assert await ask("02:00:00:07:00:02", ipxe=True) == "http://testserver/ipxe/02:00:00:07:00:02"
+            assert pxe.restarts == 0
+        log = (Path(settings.server.data_dir) / "pxe" / "dnsmasq.log").read_text()
+        assert "02:00:00:07:00:99 ignored" in log
