@@ -28,6 +28,7 @@ that server's PXE options at ``GET /ipxe/{mac}`` and leave ``pxe.enabled`` off.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from subprocess import DEVNULL
@@ -151,7 +152,8 @@ class PxeSupervisor:
                             await self._changed.wait()
                             await anyio.sleep(self.SETTLE_S)
                             reload = True
-                            proc.terminate()
+                            with contextlib.suppress(ProcessLookupError):  # it may have just died
+                                proc.terminate()
 
                         tg.start_soon(on_change)
                         code = await proc.wait()
@@ -180,11 +182,12 @@ def _last_line(path: Path) -> str:
 
 
 async def _stop(proc: anyio.abc.Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        with anyio.move_on_after(5):
-            await proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        if proc.returncode is None:
+            proc.terminate()
+            with anyio.move_on_after(5):
+                await proc.wait()
         if proc.returncode is None:
             proc.kill()
-            await proc.wait()
+    await proc.wait()
     await proc.aclose()
