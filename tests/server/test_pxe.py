@@ -4,11 +4,8 @@ an answer, and each gets its own per-MAC iPXE script URL."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -16,6 +13,7 @@ import anyio.to_thread
 import pytest
 
 from vetting_core.config import ConfigError, settings_from_dict
+from tests.support.netns import veth_namespace
 from vetting_server.pxe import render_conf
 
 from .conftest import Env, create_operator_token, make_settings, serve_in_process
@@ -45,35 +43,6 @@ def test_the_configuration_passes_dnsmasqs_own_check(tmp_path):
     assert "dhcp-ignore=tag:!known" in conf.read_text()
 
 
-@contextmanager
-def vlan():
-    """A veth pair: the server's end (10.231.7.1/24) here, the client's in a namespace."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a network namespace")
-    tag = uuid.uuid4().hex[:6]
-    ns, server_if, client_if = f"vx{tag}", f"vs{tag}", f"vc{tag}"
-
-    def sh(*argv: str) -> None:
-        subprocess.run(argv, check=True, capture_output=True)
-
-    try:
-        sh("ip", "netns", "add", ns)
-        sh("ip", "link", "add", server_if, "type", "veth", "peer", "name", client_if)
-        sh("ip", "link", "set", client_if, "netns", ns)
-        sh("ip", "addr", "add", "10.231.7.1/24", "dev", server_if)
-        sh("ip", "link", "set", server_if, "up")
-        sh("ip", "-n", ns, "link", "set", client_if, "up")
-    except subprocess.CalledProcessError as exc:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", server_if], capture_output=True)
-        pytest.skip(f"cannot create a veth pair here: {exc.stderr.decode().strip()}")
-    try:
-        yield ns, server_if, client_if
-    finally:
-        subprocess.run(["ip", "link", "del", server_if], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
 def dhcp(ns: str, iface: str, mac: str, script: Path, *, ipxe: bool, tries: int = 3) -> str | None:
     """One DHCP exchange from ``mac``; the bound lease's boot file, or None when nobody
     answered. Each try waits 4 s: dnsmasq pings a new address for ~3 s before offering it."""
@@ -96,7 +65,8 @@ async def test_only_registered_macs_get_an_address_and_their_ipxe_script(tmp_pat
     script = tmp_path / "udhcpc.sh"
     script.write_text(CLIENT_SCRIPT)
     script.chmod(0o755)
-    with vlan() as (ns, server_if, client_if):
+    # a veth pair: the server's end (10.231.7.1/24) here, the client's in a namespace
+    with veth_namespace("10.231.7.1/24") as (ns, server_if, client_if):
         settings = make_settings(f"sqlite:///{tmp_path / 'vetting.db'}", tmp_path, pxe={
             "enabled": True, "interface": server_if, "dhcp_range": "10.231.7.100,10.231.7.150,1h",
             "tftp_root": str(tmp_path / "tftp"),

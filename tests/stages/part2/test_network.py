@@ -4,9 +4,7 @@ on loopback and (as root) across a veth pair into a network namespace."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import uuid
 from contextlib import contextmanager
 
 import anyio
@@ -18,6 +16,8 @@ from vetting_stages.network import ethtool
 from vetting_stages.network.iperf import IperfParseError, client_argv, parse
 from vetting_stages.network.iperf_server import IperfServerPool, PoolExhausted, listening_ports
 from vetting_stages.network.stage import STAGE as NETWORK
+
+from tests.support.netns import veth_namespace
 
 from .conftest import need, run_stage, samples
 
@@ -191,33 +191,8 @@ async def test_stage_unreachable_peer_fails_the_nic(tmp_path):
 
 @contextmanager
 def veth_peer():
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a network namespace")
-    need("ip")
-    tag = uuid.uuid4().hex[:6]
-    ns, host_if, peer_if = f"vt{tag}", f"vh{tag}", f"vp{tag}"
-
-    def sh(*argv):
-        subprocess.run(argv, check=True, capture_output=True)
-
-    try:
-        sh("ip", "netns", "add", ns)
-        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if)
-        sh("ip", "link", "set", peer_if, "netns", ns)
-        sh("ip", "addr", "add", "10.231.0.1/30", "dev", host_if)
-        sh("ip", "link", "set", host_if, "up")
-        sh("ip", "-n", ns, "addr", "add", "10.231.0.2/30", "dev", peer_if)
-        sh("ip", "-n", ns, "link", "set", peer_if, "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-    except subprocess.CalledProcessError as exc:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
-        pytest.skip(f"cannot create a veth pair here: {exc.stderr.decode().strip()}")
-    try:
+    with veth_namespace("10.231.0.1/30", "10.231.0.2/30") as (ns, host_if, _ns_if):
         yield ns, host_if
-    finally:
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 async def _serve(pool: IperfServerPool, port_holder: list[int], stop: anyio.Event) -> None:
