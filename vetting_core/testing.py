@@ -479,8 +479,10 @@ class FakeTools:
         lines = [
             "#!/bin/sh",
             f"# fake {name} installed by vetting_core.testing",
-            f"{{ printf '%s' {shlex.quote(name)}; for a in \"$@\"; do printf '\\037%s' \"$a\"; done;"
-            f" printf '\\036'; }} >> {shlex.quote(str(calls))}",
+            # one record, one write: concurrent invocations never interleave their argv
+            f"us=$(printf '\\037'); rs=$(printf '\\036'); rec={shlex.quote(name)}",
+            'for a in "$@"; do rec="$rec$us$a"; done',
+            f"printf '%s' \"$rec$rs\" >> {shlex.quote(str(calls))}",
             f"echo $$ >> {shlex.quote(str(calls.with_suffix('.pids')))}",
         ]
         if delay_s and not hang:

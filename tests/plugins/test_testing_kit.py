@@ -174,3 +174,17 @@ async def test_run_stage_hands_the_stage_test_peers(tmp_path):
     assert run.context.peers_available and run.result.summary["tested"] == ["nic:lo"]
     (sent,) = assert_measured(run, "network", "lo/send/throughput_mbps", unit="Mbit/s")
     assert sent.value > 1
+
+
+def test_concurrent_invocations_are_recorded_whole(tmp_path):
+    """Each fake writes its argv as one record: 50 processes at once never interleave
+    (a stage running two workers in parallel must see two clean calls)."""
+    import subprocess
+
+    tool = FakeTools(tmp_path / "bin").add("tool", stdout="x")
+    procs = [subprocess.Popen([str(tool.path), "a b", "", "c\n", str(i)], stdout=subprocess.DEVNULL) for i in range(50)]
+    for p in procs:
+        p.wait()
+    calls = tool.calls()
+    assert all(c[:3] == ["a b", "", "c\n"] and len(c) == 4 for c in calls)
+    assert sorted(int(c[3]) for c in calls) == list(range(50))
