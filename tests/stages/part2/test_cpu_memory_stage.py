@@ -112,11 +112,12 @@ def test_sizing_refuses_when_no_room():
 
 async def test_memory_quick_run_never_oom_kills(tmp_path):
     """The quick profile's sizing on this machine, shortened to a few seconds (and
-    capped at 4 GiB: seven engineers share the 24 GiB machine)."""
+    capped at 2 GiB: seven engineers share the 24 GiB machine, and first-touching
+    4 GiB took ~3.7 s of the 5 s on this VM: a busy CI host then finished no pass)."""
     need("stress-ng")
     oom_before = read_oom_kills()
     res, sink = await run_stage(
-        MEMORY, tmp_path, params={"duration_s": 5, "max_bytes": 4 * GIB, "watchdog_interval_s": 0.5}
+        MEMORY, tmp_path, params={"duration_s": 6, "max_bytes": 2 * GIB, "watchdog_interval_s": 0.5}
     )
     oom_after = read_oom_kills()
     assert res.verdict is Verdict.passed, res.reason
