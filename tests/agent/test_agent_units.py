@@ -21,7 +21,7 @@ from vetting_agent.spool import KIND_LOG, KIND_SENSOR, Spool, SpoolRejected
 from vetting_core.model import Measurement, Verdict
 from vetting_core.protocol import LogBatch, LogLine, SensorBatch, StageResult
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 NOW = datetime(2026, 11, 23, 1, 0, tzinfo=UTC)
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx0ZXN0a2V5dGVzdGtleXRlc3RrZXl0ZXN0a2V5dGVzdA vetting-run-7"
 
@@ -107,7 +107,7 @@ def test_hold_key_installed_with_expiry_and_replaced_not_duplicated(tmp_path):
 
 # -- sensors -------------------------------------------------------------------------------------
 def test_ipmitool_sdr_parser_on_published_output():
-    readings = parse_ipmitool_sdr((FIXTURES / "ipmitool/published/sdr-inspur.txt").read_text())
+    readings = parse_ipmitool_sdr((FIXTURES / "ipmitool-sdr/unversioned/sdr-inspur.txt").read_text())
     by_key = {k: (kind, v, u) for kind, k, v, u in readings}
     assert by_key["ipmi/GPU1_Temp"] == ("temp", 23.0, "C")
     assert by_key["ipmi/P12V"] == ("volt", 12.06, "V")
@@ -116,9 +116,12 @@ def test_ipmitool_sdr_parser_on_published_output():
     assert "ipmi/GPU2_Temp" not in by_key  # no reading
     assert "ipmi/CPU0_Status" not in by_key and "ipmi/CPU_ResourceRate" not in by_key
     assert len(readings) == 10
-    elist = parse_ipmitool_sdr((FIXTURES / "ipmitool/published/sdr-elist-mock.txt").read_text())
-    assert [(k, v) for _, k, v, _ in elist] == [
-        ("ipmi/System Fan 1", 9262.0), ("ipmi/PS1 Input Power", 104.0), ("ipmi/PS1 Temperature", 28.0)
+    # the five-column `sdr elist` layout, captured from ipmitool 1.8.19 against ipmi_sim:
+    # status and redundancy sensors carry no number and are left out
+    elist = parse_ipmitool_sdr((FIXTURES / "ipmitool-sdr/1.8.19/elist-full-ps2-failed.txt").read_text())
+    assert [(k, v, u) for _, k, v, u in elist] == [
+        ("ipmi/12V", 12.06, "V"), ("ipmi/5V", 5.04, "V"), ("ipmi/3.3V", 3.32, "V"), ("ipmi/5VSB", 4.5, "V"),
+        ("ipmi/PS1 Input Power", 240.0, "W"),
     ]
 
 

@@ -1,5 +1,5 @@
 """OCPTV 2.0 export, validated against the official output schemas (vendored under
-tests/fixtures/ocptv/schema, source in the README there)."""
+tests/fixtures/ocptv/2.0, source in the README there)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from referencing import Registry, Resource
 
 from vetting_reports import ocptv_lines
 
-SCHEMA_DIR = Path(__file__).parents[1] / "fixtures" / "ocptv" / "schema"
+SCHEMA_DIR = Path(__file__).parents[1] / "fixtures" / "ocptv" / "2.0"
 
 
 @pytest.fixture(scope="module")

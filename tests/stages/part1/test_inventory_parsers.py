@@ -88,9 +88,9 @@ def test_lsblk_string_booleans_of_old_util_linux():
 @pytest.mark.parametrize(
     ("rel", "model", "firmware"),
     [
-        ("smartctl/published/nvme-intel-660p-pass.json", "INTEL SSDPEKNW010T8", "002C"),
-        ("smartctl/published/sas-seagate-st4000nm0043.json", "SEAGATE ST4000NM0043", "MS03"),
-        ("smartctl/published/ata-hitachi-failing.json", "Hitachi HDS721050DLE630", "MS1OA650"),
+        ("smartctl/7.1/nvme-intel-660p-pass.json", "INTEL SSDPEKNW010T8", "002C"),
+        ("smartctl/unversioned/sas-seagate-st4000nm0043.json", "SEAGATE ST4000NM0043", "MS03"),
+        ("smartctl/7.1/ata-hitachi-failing.json", "Hitachi HDS721050DLE630", "MS1OA650"),
     ],
 )
 def test_smartctl_identity(rel, model, firmware):
@@ -121,10 +121,10 @@ def test_ethtool_driver():
 
 
 def test_ipmitool_mc_info_published():
-    dell = p.parse_ipmitool_mc_info(fixture_text("ipmitool/published/dell-mc-info.txt"))
+    dell = p.parse_ipmitool_mc_info(fixture_text("ipmitool/unversioned/dell-mc-info.txt"))
     assert dell["firmware"] == "1.54" and dell["manufacturer"] == "DELL Inc" and dell["ipmi_version"] == "2.0"
     assert dell["aux_firmware"] == ["0x00", "0x0f", "0x00", "0x00"]
-    hp = p.parse_ipmitool_mc_info(fixture_text("ipmitool/published/hp-ilo2-mc-info.txt"))
+    hp = p.parse_ipmitool_mc_info(fixture_text("ipmitool/unversioned/hp-ilo2-mc-info.txt"))
     assert hp["firmware"] == "1.28" and hp["manufacturer"] == "Hewlett-Packard" and hp["aux_firmware"] == []
 
 

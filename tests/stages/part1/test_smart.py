@@ -17,7 +17,7 @@ from .conftest import fixture_text
 
 
 def test_failing_hitachi_sata():
-    r = parse_smart(fixture_text("smartctl/published/ata-hitachi-failing.json"))
+    r = parse_smart(fixture_text("smartctl/7.1/ata-hitachi-failing.json"))
     assert r["verdict"] == "failed"
     assert exit_bits(r["exit_status"]) == [3, 4, 6, 7]
     assert r["reasons"][0] == "SMART overall-health self-assessment: FAILED"
@@ -33,7 +33,7 @@ def test_failing_hitachi_sata():
 
 
 def test_nvme_with_media_errors_passes_but_warns():
-    r = parse_smart(fixture_text("smartctl/published/nvme-samsung-970-media-errors.json"))
+    r = parse_smart(fixture_text("smartctl/7.0/nvme-samsung-970-media-errors.json"))
     assert r["verdict"] == "passed" and r["passed"] is True
     assert r["counters"]["media_errors"] == 7 and r["counters"]["critical_warning"] == 0
     assert r["counters"]["percentage_used"] == 3
@@ -41,12 +41,12 @@ def test_nvme_with_media_errors_passes_but_warns():
 
 
 def test_healthy_nvme_and_sas_and_sat():
-    nvme = parse_smart(fixture_text("smartctl/published/nvme-intel-660p-pass.json"))
+    nvme = parse_smart(fixture_text("smartctl/7.1/nvme-intel-660p-pass.json"))
     assert nvme["verdict"] == "passed" and nvme["warnings"] == [] and nvme["counters"]["media_errors"] == 0
-    sas = parse_smart(fixture_text("smartctl/published/sas-seagate-st4000nm0043.json"))
+    sas = parse_smart(fixture_text("smartctl/unversioned/sas-seagate-st4000nm0043.json"))
     assert sas["verdict"] == "passed" and sas["protocol"] == "SCSI"
     assert sas["counters"] == {"scsi_grown_defect_list": 56, "scsi_uncorrected_read": 0, "scsi_uncorrected_write": 0}
-    sat = parse_smart(fixture_text("smartctl/published/sat-seagate-attributes-pass.json"))
+    sat = parse_smart(fixture_text("smartctl/7.0/sat-seagate-attributes-pass.json"))
     assert sat["verdict"] == "passed" and sat["passed"] is None
     # raw.value packs vendor fields; the count is the leading number of raw.string
     assert sat["counters"]["Reallocated_Event_Count"] == 2111
@@ -68,7 +68,7 @@ def _sample(key: str, value: float, stage: str = "SMART") -> Measurement:
 
 def test_default_thresholds_judge_deltas_not_absolute_counts():
     engine = ThresholdEngine(smart_thresholds("SMART"), {o.name: o for o in BUILTIN_OPERATORS})
-    before = parse_smart(fixture_text("smartctl/published/ata-hitachi-failing.json"))["counters"]
+    before = parse_smart(fixture_text("smartctl/7.1/ata-hitachi-failing.json"))["counters"]
     # the same (already bad) counts before and after: no breach — deltas are 0
     samples = [_sample(f"sdc/{k}", v) for k, v in before.items()] * 2
     assert engine.evaluate(samples).breaches == []
@@ -153,9 +153,9 @@ async def test_self_test_is_polled_until_done(tmp_path, monkeypatch, outcome):
     fake = bin_dir / "smartctl"
     fake.write_text(FAKE_SMARTCTL)
     fake.chmod(0o755)
-    hitachi = json.loads(fixture_text("smartctl/published/ata-hitachi-failing.json"))
+    hitachi = json.loads(fixture_text("smartctl/7.1/ata-hitachi-failing.json"))
     log = hitachi["ata_smart_self_test_log"]
-    before = json.loads((FIXTURES / "smartctl/published/sat-seagate-attributes-pass.json").read_text())
+    before = json.loads((FIXTURES / "smartctl/7.0/sat-seagate-attributes-pass.json").read_text())
     if outcome == "long-over-budget":  # a big HDD: its extended test would take 200 min
         before.setdefault("ata_smart_data", {})["self_test"] = {"status": {"value": 0}, "polling_minutes": {"short": 2, "extended": 200}}
     if outcome in ("pass", "refused", "long-over-budget"):
@@ -222,7 +222,7 @@ async def test_every_disk_is_read_at_once(tmp_path, monkeypatch):
         f"echo \"start $(date +%s.%N)\" >> '{calls}'\n"
         "sleep 0.5\n"
         f"echo \"end $(date +%s.%N)\" >> '{calls}'\n"
-        f"cat '{FIXTURES / 'smartctl/published/nvme-intel-660p-pass.json'}'\n"
+        f"cat '{FIXTURES / 'smartctl/7.1/nvme-intel-660p-pass.json'}'\n"
     )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")

@@ -20,7 +20,7 @@ from vetting_stages.inventory.parsers import LSBLK_COLUMNS, parse_lsblk
 from vetting_stages.storage import STORAGE_STAGE, select_targets
 from vetting_stages.storage.tools import fio_argv, fio_failure, parse_badblocks, parse_fio_json
 
-from .conftest import FIXTURES, fixture_text
+from .conftest import fixture_text
 
 LOOP_SPEC = {"disks": [{"model": "*", "count": 4, "transport": "loop"}]}
 FAST = {"runtime_s": 1, "verify_size": "8M", "direct": True, "ioengine": "libaio", "smart": True}
@@ -296,11 +296,6 @@ async def test_fio_write_errors_fail_the_disk(tmp_path, loops):
     ctx, result = await storage(tmp_path, [dev], destructive=True)
     assert result.verdict is Verdict.failed
     assert "seqwrite_verify: fio job seqwrite_verify error 28" in result.reason
-
-
-def test_fixture_readmes_exist():
-    for d in ("fio", "badblocks", "smartctl/published", "dmidecode", "ipmitool", "lsblk"):
-        assert (FIXTURES / d / "README.md").exists(), d
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from vetting_stages.gpu.stage import choose_backend
 
 from .conftest import run_stage
 
-UP = "gpu_burn/upstream"
+UP = "gpu_burn/unversioned"
 
 
 def burn(fixtures, name):
@@ -98,7 +98,7 @@ def test_dcgmi_bad_output(text):
 
 
 def test_xid_parse(fixtures):
-    events = xid.parse((fixtures / "nvidia-smi/dmesg/xid-examples.txt").read_text())
+    events = xid.parse((fixtures / "dmesg/unversioned/xid-examples.txt").read_text())
     assert [(e.pci, e.xid) for e in events] == [("0000:01:00", 94), ("0000:01:00", 94), ("0000:3b:00", 79)]
     assert xid.pci_key("00000000:3B:00.0") == "0000:3b:00"
     assert xid.count_by_gpu(events)["0000:01:00"] == 2
@@ -106,7 +106,7 @@ def test_xid_parse(fixtures):
 
 
 def test_nvidia_smi_csv(fixtures):
-    rows = nvidia_smi.parse_csv((fixtures / "nvidia-smi/csv/h100x2-query-gpu.csv").read_text())
+    rows = nvidia_smi.parse_csv((fixtures / "nvidia-smi/synthetic/h100x2-query-gpu.csv").read_text())
     good, sick = rows
     s0 = static_from_row(good)
     assert s0["name"] == "NVIDIA H100 80GB HBM3" and s0["memory_mib"] == 81559 and s0["ecc_current"] is True
@@ -221,7 +221,7 @@ async def test_stage_judgement_with_nvidia_smi_fallback(tmp_path, fixtures, monk
         pytest.skip("NVML works here: the stage would use it, not the nvidia-smi fallback")
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    csv = fixtures / "nvidia-smi/csv/h100x2-query-gpu.csv"
+    csv = fixtures / "nvidia-smi/synthetic/h100x2-query-gpu.csv"
     script = bindir / "nvidia-smi"
     script.write_text(f"#!/bin/sh\ncat '{csv}'\n")
     script.chmod(0o755)
@@ -257,8 +257,8 @@ async def test_burn_judgements_rate_xid_and_temperature(tmp_path, fixtures, monk
     bindir.mkdir()
     state = tmp_path / "dmesg-calls"
     scripts = {
-        "nvidia-smi": f"cat '{fixtures / 'nvidia-smi/csv/h100x2-query-gpu.csv'}'",
-        "gpu_burn": f"sleep 1; cat '{fixtures / 'gpu_burn/upstream/k80-1gpu-ok.txt'}'",  # sampled while it runs
+        "nvidia-smi": f"cat '{fixtures / 'nvidia-smi/synthetic/h100x2-query-gpu.csv'}'",
+        "gpu_burn": f"sleep 1; cat '{fixtures / 'gpu_burn/unversioned/k80-1gpu-ok.txt'}'",  # sampled while it runs
         # the first call (before the burn) shows an old Xid of another GPU; the second a new one on GPU 0
         "dmesg": (f"echo '[ 10.0] NVRM: Xid (PCI:0000:3b:00): 13, pid=1, Graphics Exception'\n"
                   f"if [ -e '{state}' ]; then echo '[ 99.0] NVRM: Xid (PCI:0000:18:00): 79, pid=0, GPU has fallen off the bus.'; fi\n"

@@ -106,7 +106,7 @@ def test_ethtool_parse_and_error_filter(fixtures):
     assert "rx_queue_0_drops" in errs and "tx_queue_0_xdp_xmit_errors" in errs
     assert "peer_ifindex" not in errs and "rx_queue_0_xdp_packets" not in errs
     assert ethtool.parse_stats((d / "6.1/lo-no-stats.txt").read_text()) == {}
-    public = ethtool.error_counters(ethtool.parse_stats((d / "public-eth1-errors.txt").read_text()))
+    public = ethtool.error_counters(ethtool.parse_stats((d / "unversioned/public-eth1-errors.txt").read_text()))
     assert public["rx_errors"] == 316 and public["align_errors"] == 9194
     assert "rx_packets" not in public and "unicast" not in public
     assert ethtool.deltas({"rx_errors": 3, "rx_crc_errors": 0}, {"rx_errors": 5, "rx_crc_errors": 0}) == {"rx_errors": 2}

@@ -68,17 +68,17 @@ def test_rail_tolerance():
 
 
 def test_lm_sensors_text_captures(fixtures):
-    good = sensors.parse_text((fixtures / "sensors/public/nct6779-issue49.txt").read_text())
+    good = sensors.parse_text((fixtures / "sensors/unversioned/nct6779-issue49.txt").read_text())
     assert good[0] == ("nct6779-isa-0290", "Vcore", 0.44) and len(good) == 14
-    headless = sensors.parse_text((fixtures / "sensors/public/nct6775-issue43.txt").read_text())
+    headless = sensors.parse_text((fixtures / "sensors/unversioned/nct6775-issue43.txt").read_text())
     assert ("", "3VSB", 3.46) in headless
-    bad = sensors.parse_text((fixtures / "sensors/public/nct6687-miscaled-issue36.txt").read_text())
+    bad = sensors.parse_text((fixtures / "sensors/unversioned/nct6687-miscaled-issue36.txt").read_text())
     problems = [rails.RailReading("sensors", l, v, rails.classify(l)).problem() for _, l, v in bad if rails.classify(l)]
     assert len(problems) == 2 and all(problems)
 
 
 def test_lm_sensors_json(fixtures):
-    triples = sensors.parse_json((fixtures / "sensors/3.6.0/nct6779-issue49.json").read_text())
+    triples = sensors.parse_json((fixtures / "sensors/synthetic/nct6779-issue49.json").read_text())
     assert ("nct6779-isa-0290", "+3.3V", 3.36) in triples and len(triples) == 14
     assert sensors.parse_json((fixtures / "sensors/3.6.0/no-sensors.json").read_text()) == []
     with pytest.raises(sensors.SensorsParseError):

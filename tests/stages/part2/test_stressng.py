@@ -72,7 +72,7 @@ def test_bad_option_fails_with_stress_ng_message(fixtures):
 
 
 def test_public_vm_bit_errors_fail(fixtures):
-    log = (fixtures / "stress-ng/public/vm-bit-errors-issue546.log").read_text()
+    log = (fixtures / "stress-ng/unversioned/vm-bit-errors-issue546.log").read_text()
     j = judge(["vm"], 2, parse_log(log, ["vm"]), None)
     assert j.verdict == "failed"
     assert "bit errors" in j.stressors["vm"].reason
@@ -80,14 +80,14 @@ def test_public_vm_bit_errors_fail(fixtures):
 
 def test_public_partial_enomem_still_passes(fixtures):
     # 2 of 192 instances skipped for ENOMEM, 190 passed, exit 3: the stressor ran
-    log = (fixtures / "stress-ng/public/vm-mmap-skips-issue533.log").read_text()
+    log = (fixtures / "stress-ng/unversioned/vm-mmap-skips-issue533.log").read_text()
     summary = parse_log(log, ["vm"])
     assert "vm" in summary.passed and summary.skipped["vm"] == "out of system resources"
     assert judge(["vm"], 3, summary, None).verdict == "passed"
 
 
 def test_public_all_disabled_is_skip(fixtures):
-    log = (fixtures / "stress-ng/public/oom-pipe-all-skipped-checkbox800.log").read_text()
+    log = (fixtures / "stress-ng/unversioned/oom-pipe-all-skipped-checkbox800.log").read_text()
     j = judge(["oom-pipe"], 0, parse_log(log, ["oom-pipe"]), None)
     assert j.verdict == "skipped"
     assert "pathological" in j.reason or "hang" in j.reason
