@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 
 from vetting_core.protocol import (
     ArtifactAck,
@@ -116,24 +116,24 @@ class AgentController(Controller):
     guards = [agent_guard]
 
     @post(RUN + "/hello", status_code=200, summary="Agent booted")
-    async def hello(self, request: Request, run_id: int, data: Hello) -> HelloReply:
+    async def hello(self, request: Request, run_id: FromPath[int], data: JSONBody[Hello]) -> HelloReply:
         await agent_auth(request, run_id)
         return await runtime(request).service.hello(run_id, data, _peer(request))
 
     @post(RUN + "/claim", status_code=200, summary="Claim the run: the stage plan")
-    async def claim(self, request: Request, run_id: int, data: Claim) -> ClaimReply:
+    async def claim(self, request: Request, run_id: FromPath[int], data: JSONBody[Claim]) -> ClaimReply:
         await agent_auth(request, run_id)
         return await runtime(request).service.claim(run_id, data)
 
     @post(RUN + "/heartbeat", status_code=200, summary="Liveness; the reply carries cmd", opt={"allow_finished": True},
           dto=FastBody[Heartbeat], return_dto=None, middleware=[heartbeat_fast_path])
-    async def heartbeat(self, request: Request, run_id: int, data: Heartbeat) -> HeartbeatReply:
+    async def heartbeat(self, request: Request, run_id: FromPath[int], data: JSONBody[Heartbeat]) -> HeartbeatReply:
         # normally answered by heartbeat_fast_path; kept as the documented handler
         auth = await agent_auth(request, run_id, allow_finished=True)
         return heartbeat_reply(runtime(request), run_id, auth, data)
 
     @post(RUN + "/log", status_code=200, summary="A batch of log lines", dto=FastBody[LogBatch], return_dto=None)
-    async def log(self, request: Request, run_id: int, data: LogBatch) -> BatchAck:
+    async def log(self, request: Request, run_id: FromPath[int], data: JSONBody[LogBatch]) -> BatchAck:
         await agent_auth(request, run_id)
         _check_seq(data.seq)
         stored, dup = await runtime(request).ingest.logs(run_id, data.seq, data.lines)
@@ -141,7 +141,7 @@ class AgentController(Controller):
 
     @post(RUN + "/sensor", status_code=200, summary="A batch of samples: judged and stored", dto=FastBody[SensorBatch],
           return_dto=None)
-    async def sensor(self, request: Request, run_id: int, data: SensorBatch) -> BatchAck:
+    async def sensor(self, request: Request, run_id: FromPath[int], data: JSONBody[SensorBatch]) -> BatchAck:
         await agent_auth(request, run_id)
         _check_seq(data.seq)
         try:
@@ -151,27 +151,27 @@ class AgentController(Controller):
         return BatchAck(seq=data.seq, stored=stored, duplicate=dup, breaches=breaches)
 
     @post(RUN + "/result", status_code=200, summary="A stage result (idempotent)", dto=FastBody[StageResult], return_dto=None)
-    async def result(self, request: Request, run_id: int, data: StageResult) -> ResultReply:
+    async def result(self, request: Request, run_id: FromPath[int], data: JSONBody[StageResult]) -> ResultReply:
         await agent_auth(request, run_id)
         return await runtime(request).service.result(run_id, data)
 
     @post(RUN + "/hold", status_code=200, summary="Open a hold: receive an SSH key to authorize")
-    async def hold(self, request: Request, run_id: int, data: HoldRequest) -> HoldReply:
+    async def hold(self, request: Request, run_id: FromPath[int], data: JSONBody[HoldRequest]) -> HoldReply:
         await agent_auth(request, run_id)
         return await runtime(request).service.hold(run_id, data, _peer(request))
 
     @post(RUN + "/peer", status_code=200, summary="Lease a test peer (an iperf3 server port) for one test")
-    async def peer(self, request: Request, run_id: int, data: PeerRequest) -> PeerReply:
+    async def peer(self, request: Request, run_id: FromPath[int], data: JSONBody[PeerRequest]) -> PeerReply:
         await agent_auth(request, run_id)
         return await runtime(request).peers.lease(run_id, data.kind, request.url.hostname or "127.0.0.1")
 
     @post(RUN + "/peer/release", status_code=200, summary="Give a test peer back", opt={"allow_finished": True})
-    async def release_peer(self, request: Request, run_id: int, data: PeerRelease) -> PeerReleaseReply:
+    async def release_peer(self, request: Request, run_id: FromPath[int], data: JSONBody[PeerRelease]) -> PeerReleaseReply:
         await agent_auth(request, run_id, allow_finished=True)
         return PeerReleaseReply(released=await runtime(request).peers.release(run_id, data.lease_id))
 
     @post("/api/v1/agents/heartbeat", status_code=200, summary="Host-mode agent poll (host token)", guards=[host_agent_guard])
-    async def host_heartbeat(self, request: Request, data: HostHeartbeat) -> HostHeartbeatReply:
+    async def host_heartbeat(self, request: Request, data: JSONBody[HostHeartbeat]) -> HostHeartbeatReply:
         rt = runtime(request)
         token = bearer(request)
         if token is None:
@@ -257,7 +257,7 @@ class ArtifactController(Controller):
     guards = [agent_guard]
 
     @post(RUN + "/artifact", status_code=200, summary="Upload an artifact file (before the result that lists it)")
-    async def artifact(self, request: Request, run_id: int, data: ArtifactUpload) -> ArtifactAck:
+    async def artifact(self, request: Request, run_id: FromPath[int], data: JSONBody[ArtifactUpload]) -> ArtifactAck:
         await agent_auth(request, run_id)
         return await store_artifact(runtime(request), run_id, data)
 

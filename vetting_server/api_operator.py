@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter, QueryParameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 
 from vetting_core import __version__
@@ -79,7 +79,7 @@ class SystemController(Controller):
         return HealthOut(status="ok", database=rt.db.dialect, schema_version=await current_version(rt.db), version=__version__)
 
     @post("/api/v1/auth/token", status_code=201, summary="Log in with a password; returns a new API token")
-    async def login(self, request: Request, data: LoginRequest) -> TokenReply:
+    async def login(self, request: Request, data: JSONBody[LoginRequest]) -> TokenReply:
         rt = runtime(request)
         user = await rt.db.fetchrow("SELECT * FROM users WHERE name = $1", data.username)
         if user is None or user["disabled"] or not verify_password(data.password, user["password_hash"]):
@@ -112,7 +112,7 @@ class HostController(Controller):
         return Page(items=[host_out(r) for r in rows], total=int(total), limit=limit, offset=offset)
 
     @post("", status_code=201, summary="Register a host (the reply shows its host-mode agent token once)")
-    async def create_host(self, request: Request, data: HostCreate) -> HostOut:
+    async def create_host(self, request: Request, data: JSONBody[HostCreate]) -> HostOut:
         user = await operator(request)
         rt = runtime(request)
         try:
@@ -141,12 +141,12 @@ class HostController(Controller):
         return host_out(await _host(request, int(host_id)), agent_token=token)
 
     @get("/{host_id:int}", summary="One host")
-    async def get_host(self, request: Request, host_id: int) -> HostOut:
+    async def get_host(self, request: Request, host_id: FromPath[int]) -> HostOut:
         await operator(request)
         return host_out(await _host(request, host_id))
 
     @patch("/{host_id:int}", summary="Change a host")
-    async def update_host(self, request: Request, host_id: int, data: HostUpdate) -> HostOut:
+    async def update_host(self, request: Request, host_id: FromPath[int], data: JSONBody[HostUpdate]) -> HostOut:
         user = await operator(request)
         rt = runtime(request)
         old = await _host(request, host_id)
@@ -189,7 +189,7 @@ class HostController(Controller):
         return host_out(await _host(request, host_id))
 
     @delete("/{host_id:int}", status_code=204, summary="Delete a host and its run history")
-    async def delete_host(self, request: Request, host_id: int) -> None:
+    async def delete_host(self, request: Request, host_id: FromPath[int]) -> None:
         user = await operator(request)
         rt = runtime(request)
         host = await _host(request, host_id)
@@ -206,7 +206,7 @@ class HostController(Controller):
         await rt.pxe.refresh()
 
     @post("/{host_id:int}/agent-token", status_code=201, summary="Issue a new host-mode agent token")
-    async def rotate_token(self, request: Request, host_id: int) -> HostOut:
+    async def rotate_token(self, request: Request, host_id: FromPath[int]) -> HostOut:
         user = await operator(request)
         rt = runtime(request)
         host = await _host(request, host_id)
@@ -217,7 +217,7 @@ class HostController(Controller):
         return host_out(await _host(request, host_id), agent_token=token)
 
     @get("/{host_id:int}/events", summary="A host's history: operator actions and run events")
-    async def host_events(self, request: Request, host_id: int, limit: int = Parameter(default=200, ge=1, le=1000),
+    async def host_events(self, request: Request, host_id: FromPath[int], limit: int = Parameter(default=200, ge=1, le=1000),
                           after: int = Parameter(default=0, ge=0)) -> list[EventOut]:
         await operator(request)
         await _host(request, host_id)
@@ -240,7 +240,7 @@ class RunController(Controller):
     tags = ["runs"]
 
     @post("", status_code=201, summary="Start a run (the reply shows the run's agent token once)")
-    async def start_run(self, request: Request, data: RunStart) -> RunCreated:
+    async def start_run(self, request: Request, data: JSONBody[RunStart]) -> RunCreated:
         user = await operator(request)
         rt = runtime(request)
         if data.host_id is not None:
@@ -274,11 +274,11 @@ class RunController(Controller):
     async def list_runs(
         self,
         request: Request,
-        run_state: str | None = Parameter(default=None, query="state"),
-        host_id: int | None = None,
-        host: str | None = None,
-        profile: str | None = None,
-        result: str | None = None,
+        run_state: str | None = QueryParameter(name="state", default=None),
+        host_id: FromQuery[int | None] = None,
+        host: FromQuery[str | None] = None,
+        profile: FromQuery[str | None] = None,
+        result: FromQuery[str | None] = None,
         limit: int = Parameter(default=50, ge=1, le=500),
         offset: int = Parameter(default=0, ge=0),
         order_by: str = Parameter(default="-id", description=f"one of {sorted(RUN_ORDER)}, '-' for descending"),
@@ -305,7 +305,7 @@ class RunController(Controller):
         return Page(items=[run_out(r) for r in rows], total=int(total), limit=limit, offset=offset)
 
     @get("/{run_id:int}", summary="Run detail: stages, sub-steps, diffs, thresholds, breaches, series")
-    async def get_run(self, request: Request, run_id: int, points: int = Parameter(default=60, ge=1, le=2000)) -> RunDetail:
+    async def get_run(self, request: Request, run_id: FromPath[int], points: int = Parameter(default=60, ge=1, le=2000)) -> RunDetail:
         await operator(request)
         detail = await run_detail(runtime(request).db, run_id, points=points)
         if detail is None:
@@ -313,14 +313,14 @@ class RunController(Controller):
         return detail
 
     @get("/{run_id:int}/series", summary="Downsampled measurement series")
-    async def get_series(self, request: Request, run_id: int, kind: str | None = None, key: str | None = None,
-                         points: int = Parameter(default=200, ge=1, le=5000)) -> list[SeriesOut]:
+    async def get_series(self, request: Request, run_id: FromPath[int], kind: FromQuery[str | None] = None,
+                         key: FromQuery[str | None] = None, points: int = Parameter(default=200, ge=1, le=5000)) -> list[SeriesOut]:
         await operator(request)
         await _run_row(request, run_id)
         return await series(runtime(request).db, run_id, kind=kind, key=key, points=points, max_series=500)
 
     @get("/{run_id:int}/events", summary="A run's history")
-    async def run_events(self, request: Request, run_id: int, after: int = Parameter(default=0, ge=0),
+    async def run_events(self, request: Request, run_id: FromPath[int], after: int = Parameter(default=0, ge=0),
                          limit: int = Parameter(default=500, ge=1, le=5000)) -> list[EventOut]:
         await operator(request)
         await _run_row(request, run_id)
@@ -330,7 +330,7 @@ class RunController(Controller):
         return [event_out(r) for r in rows]
 
     @get("/{run_id:int}/logs", summary="The run's log lines as text", media_type="text/plain")
-    async def run_logs(self, request: Request, run_id: int, after: int = Parameter(default=0, ge=0),
+    async def run_logs(self, request: Request, run_id: FromPath[int], after: int = Parameter(default=0, ge=0),
                        limit: int = Parameter(default=10000, ge=1, le=200000)) -> Response[str]:
         await operator(request)
         await _run_row(request, run_id)
@@ -353,19 +353,19 @@ class RunController(Controller):
         return run_out(await _run_row(request, run_id))
 
     @post("/{run_id:int}/override", status_code=200, summary="Override (e.g. the wipe probe): retry the held stage")
-    async def override(self, request: Request, run_id: int, data: OverrideRequest) -> RunOut:
+    async def override(self, request: Request, run_id: FromPath[int], data: JSONBody[OverrideRequest]) -> RunOut:
         return await self._action(request, run_id, "override", data.reason, data.flags)
 
     @post("/{run_id:int}/release", status_code=200, summary="Release a failed or held host")
-    async def release(self, request: Request, run_id: int, data: ActionRequest | None = None) -> RunOut:
+    async def release(self, request: Request, run_id: FromPath[int], data: JSONBody[ActionRequest | None] = None) -> RunOut:
         return await self._action(request, run_id, "release", data.reason if data else "")
 
     @post("/{run_id:int}/cancel", status_code=200, summary="Cancel a run")
-    async def cancel(self, request: Request, run_id: int, data: ActionRequest | None = None) -> RunOut:
+    async def cancel(self, request: Request, run_id: FromPath[int], data: JSONBody[ActionRequest | None] = None) -> RunOut:
         return await self._action(request, run_id, "cancel", data.reason if data else "")
 
     @get("/{run_id:int}/report/{fmt:str}", summary="Download a report: json, html or ocptv")
-    async def report(self, request: Request, run_id: int, fmt: str) -> File:
+    async def report(self, request: Request, run_id: FromPath[int], fmt: FromPath[str]) -> File:
         await operator(request)
         kinds = {"json": "report", "html": "report_html", "ocptv": "report_ocptv"}
         if fmt not in kinds:
@@ -380,7 +380,7 @@ class RunController(Controller):
         return File(path=row["path"], filename=Path(row["path"]).name, media_type=media, content_disposition_type="inline")
 
     @get("/{run_id:int}/hold-key", summary="The private SSH key of the run's hold")
-    async def hold_key(self, request: Request, run_id: int) -> File:
+    async def hold_key(self, request: Request, run_id: FromPath[int]) -> File:
         user = await operator(request)
         rt = runtime(request)
         row = await rt.db.fetchrow(
@@ -406,8 +406,8 @@ class EventController(Controller):
         return [event_out(r) for r in rows]
 
     @get("/stream", summary="Server-sent events: run events live (Last-Event-ID resumes)")
-    async def stream(self, request: Request, run_id: int | None = None,
-                     last_event_id: int | None = Parameter(default=None, query="last_event_id")) -> ServerSentEvent:
+    async def stream(self, request: Request, run_id: FromQuery[int | None] = None,
+                     last_event_id: int | None = QueryParameter(name="last_event_id", default=None)) -> ServerSentEvent:
         await operator(request)
         rt = runtime(request)
         header = request.headers.get("last-event-id")
