@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import gc
 import math
-from collections import defaultdict, deque
-from operator import attrgetter
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -53,7 +52,6 @@ log = structlog.get_logger()
 
 MAX_GROUP_ROWS = 200_000
 THREAD_THRESHOLD = 200  # samples: smaller batches are judged inline
-_SERIES = attrgetter("stage", "kind", "key")
 
 _INS_BATCH = (
     "INSERT INTO batches (run_id, stream, seq, count, breaches, received_at) VALUES ($1, $2, $3, $4, $5, $6) "
@@ -190,74 +188,29 @@ class Ingest:
                 run_id, rule.id, s.stage, s.kind, s.key, ts(s.ts), num,
                 None if num is not None or obs is None else str(obs)[:1000], False, getattr(rule.severity, "value", rule.severity),
             ))
-        tallies = self._tallies(run_id, samples, ev, engine) if ev.evaluations else []
+        tallies = self._tallies(run_id, samples, ev, engine)
         return rows, evals, tallies
 
     def _tallies(self, run_id: int, samples: list[Measurement], ev: EvaluationResult, engine: ThresholdEngine) -> list[tuple[Any, ...]]:
-        """Per (threshold, stage, key): passes, breaches, min/max observed, first/last ts.
-
-        Fast path: the engine emits its evaluations as one contiguous chunk per
-        (series, rule), series in order of first appearance — so each chunk is summed
-        with C-level builtins. Every chunk is checked against that layout; if the engine
-        ever emits another order, the exact per-evaluation loop takes over."""
+        """Per (threshold, stage, key): passes, breaches, min/max observed, first/last ts —
+        one row per chunk of the engine's result, summed with C-level builtins."""
         ts = self._ts
         rules = engine.rules
-        evs = ev.evaluations
-        groups: defaultdict[tuple[str, str, str], list[int]] = defaultdict(list)
-        for i, series in enumerate(map(_SERIES, samples)):
-            groups[series].append(i)
+        spans: dict[int, tuple[Any, Any]] = {}  # a series' first/last ts, shared by its rules
         out: list[tuple[Any, ...]] = []
-        pos = 0
-        n = len(evs)
-        for series, idx in groups.items():
-            compiled = engine.rules_for(*series)
-            for c in compiled:
-                k = len(idx)
-                end = pos + k
-                if end > n or evs[pos][0] != c.index or evs[pos][1] != idx[0] or evs[end - 1][1] != idx[-1]:
-                    return self._tallies_slow(run_id, samples, ev, engine)
-                chunk = evs[pos:end]
-                passed = sum([e[3] for e in chunk])
-                nums = [o for o in [e[2] for e in chunk] if type(o) is float and o == o]
-                tss = [samples[i].ts for i in idx]
-                out.append((
-                    run_id, rules[c.index].id, series[0], series[2], passed, k - passed,
-                    min(nums) if nums else None, max(nums) if nums else None, ts(min(tss)), ts(max(tss)),
-                ))
-                pos = end
-        if pos != n:
-            return self._tallies_slow(run_id, samples, ev, engine)
+        for c in ev.chunks:
+            span = spans.get(id(c.samples))
+            if span is None:
+                tss = [samples[i].ts for i in c.samples]
+                span = spans[id(c.samples)] = (ts(min(tss)), ts(max(tss)))
+            passed = sum(c.passed)
+            # finite numbers only: NaN and inf (o - o is NaN) and texts are left out
+            nums = [o for o in c.observed if (type(o) is float and o - o == 0.0) or type(o) is int]
+            out.append((
+                run_id, rules[c.rule].id, c.series[0], c.series[2], passed, len(c.samples) - passed,
+                min(nums) if nums else None, max(nums) if nums else None, *span,
+            ))
         return out
-
-    def _tallies_slow(self, run_id: int, samples: list[Measurement], ev: EvaluationResult, engine: ThresholdEngine) -> list[tuple[Any, ...]]:
-        ts = self._ts
-        rules = engine.rules
-        agg: dict[tuple[int, str, str], list[Any]] = {}
-        for rule_i, si, obs, ok in ev.evaluations:
-            s = samples[si]
-            k = (rule_i, s.stage, s.key)
-            a = agg.get(k)
-            num = obs if type(obs) is float and obs == obs else _num(obs)
-            if a is None:
-                agg[k] = [int(ok), int(not ok), num, num, s.ts, s.ts]
-                continue
-            if ok:
-                a[0] += 1
-            else:
-                a[1] += 1
-            if num is not None:
-                if a[2] is None or num < a[2]:
-                    a[2] = num
-                if a[3] is None or num > a[3]:
-                    a[3] = num
-            if s.ts < a[4]:
-                a[4] = s.ts
-            elif s.ts > a[5]:
-                a[5] = s.ts
-        return [
-            (run_id, rules[r].id, stage, key, a[0], a[1], a[2], a[3], ts(a[4]), ts(a[5]))
-            for (r, stage, key), a in agg.items()
-        ]
 
     def line_rows(self, run_id: int, lines: list[LogLine]) -> list[tuple[Any, ...]]:
         ts = self._ts
@@ -270,7 +223,7 @@ class Ingest:
         stage_ids = await self.rt.stage_id_map(run_id)
 
         def judge() -> tuple[Any, ...]:
-            ev = engine.evaluate(samples)
+            ev = engine.evaluate(samples, per_sample=False)
             return (*self.sample_rows(run_id, samples, ev, engine, stage_ids), len(ev.breaches))
 
         async with self.engine_lock(run_id):  # one engine per run is not thread-safe

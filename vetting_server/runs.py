@@ -539,7 +539,7 @@ class RunService:
                 )
         engine = await self.rt.engine(run_id)
         async with self.rt.ingest.engine_lock(run_id):
-            ev = engine.evaluate(res.measurements) if res.measurements else EvaluationResult([], [])
+            ev = engine.evaluate(res.measurements) if res.measurements else EvaluationResult([], [], [])
         critical_now = engine.critical(ev.breaches)
         breaches = [self._breach(engine, res.measurements, b) for b in ev.breaches[:100]]
         streamed = await self.db.fetch(

@@ -188,8 +188,19 @@ def test_stage_and_key_globs_and_kind_index():
 
 
 def test_empty_batch_and_no_rules():
-    assert ThresholdEngine([], OPS).evaluate([m(1.0)]) == ([], [])
-    assert ThresholdEngine([ThresholdRule(kind="temp", op="lt", threshold=1.0)], OPS).evaluate([]) == ([], [])
+    assert ThresholdEngine([], OPS).evaluate([m(1.0)]) == ([], [], [])
+    assert ThresholdEngine([ThresholdRule(kind="temp", op="lt", threshold=1.0)], OPS).evaluate([]) == ([], [], [])
+
+
+def test_chunks_hold_the_same_judgements_per_series_and_rule():
+    e = ThresholdEngine([ThresholdRule(kind="temp", op="lt", threshold=80.0)], OPS)
+    batch = [m(70.0), m(90.0), m(75.0)]
+    full, lean = e.evaluate(batch), e.evaluate(batch, per_sample=False)
+    assert lean.evaluations == [] and lean.breaches == full.breaches == [(0, 1, 90.0, False)]
+    (chunk,) = lean.chunks
+    assert chunk.rule == 0 and chunk.samples == [0, 1, 2]
+    assert chunk.observed == [70.0, 90.0, 75.0] and chunk.passed == [True, False, True]
+    assert [(x.sample, x.passed) for x in full.evaluations] == list(zip(chunk.samples, chunk.passed))
 
 
 def test_text_only_sample_with_numeric_operator_is_a_breach():
