@@ -44,6 +44,7 @@ class ServerSettings(_Section):
 class DatabaseSettings(_Section):
     url: str = "sqlite:///./var/vetting.db"  # or postgresql://user@host:5432/db
     busy_timeout_ms: int = 5000
+    writer_process: bool = True  # SQLite: sensor/log group commits in their own process (own GIL and core)
     pool_min: int = 1
     pool_max: int = 10
 

@@ -8,18 +8,19 @@ Design (why it is fast):
 - The writer takes everything queued (many batches from many agents) and writes it
   in **one transaction** (group commit): per batch an ``INSERT … ON CONFLICT DO
   NOTHING`` into ``batches`` (run, stream, seq) decides "new or retried", then the
-  rows go in with driver-level bulk calls — ``sqlite3.executemany`` in the writer
-  thread on SQLite, ``COPY`` (asyncpg ``copy_records_to_table``) and ``executemany``
-  on PostgreSQL. Only after ``COMMIT`` are the waiting requests answered, so an
+  rows go in with driver-level bulk calls. On SQLite the group goes to the **writer
+  process** (:mod:`.ingest_sqlite`: multi-row ``INSERT … VALUES`` with its own GIL
+  and core); on PostgreSQL ``COPY`` (asyncpg ``copy_records_to_table``) and
+  ``executemany``. Only after ``COMMIT`` are the waiting requests answered, so an
   acknowledged batch is durable and a retried one is stored once.
 - If a group fails, its batches are retried one by one so one bad batch cannot take
   others down with it.
 
-SQLite bulk path: multi-row ``INSERT … VALUES`` (see :func:`_insert_values`). Measured
-alternatives on this 2-core machine: ``executemany`` (slower, and it re-takes the GIL
-for every row); one JSON text parameter expanded by ``json_each`` (SQLite parses it
-without the GIL: ≈5 % lower throughput, ≈10 ms lower heartbeat p99 — not worth the
-float round trip through text).
+Measured alternatives for SQLite on this 2-core machine: ``executemany`` (slower, it
+re-takes the GIL for every row); one JSON text parameter expanded by ``json_each``
+(SQLite parses it without the GIL, but at half the speed of bound ``VALUES``); the
+in-process writer thread (``database.writer_process: false``; its parameter binding
+competes for the GIL with HTTP and judging).
 
 Threshold evaluations: every **breach** is stored per sample in
 ``threshold_evaluations``; **passes** are aggregated per (threshold, stage, key) in
@@ -46,6 +47,8 @@ from vetting_core.protocol import LogLine
 from vetting_core.thresholds import EvaluationResult, ThresholdEngine
 
 from .database import epoch, iso, utcnow
+from .ingest_sql import INS_BATCH, INS_EVAL, INS_LOG, INS_MEAS, TALLY
+from .ingest_sqlite import WriterProcess, write_group
 from .runtime import Runtime
 
 log = structlog.get_logger()
@@ -53,67 +56,8 @@ log = structlog.get_logger()
 MAX_GROUP_ROWS = 200_000
 THREAD_THRESHOLD = 200  # samples: smaller batches are judged inline
 
-_INS_BATCH = (
-    "INSERT INTO batches (run_id, stream, seq, count, breaches, received_at) VALUES ($1, $2, $3, $4, $5, $6) "
-    "ON CONFLICT DO NOTHING"
-)
-_INS_MEAS = "INSERT INTO measurements (run_id, stage_id, ts, kind, key, value, unit, text) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
 _MEAS_COLS = ("run_id", "stage_id", "ts", "kind", "key", "value", "unit", "text")
-_INS_EVAL = (
-    "INSERT INTO threshold_evaluations (run_id, threshold_id, stage_name, kind, key, ts, observed, observed_text, passed, severity) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-)
-_INS_LOG = "INSERT INTO log_lines (run_id, stage, ts, level, message) VALUES ($1, $2, $3, $4, $5)"
 _LOG_COLS = ("run_id", "stage", "ts", "level", "message")
-_TALLY = {
-    "sqlite": (
-        "INSERT INTO threshold_tallies (run_id, threshold_id, stage_name, key, passed_count, breach_count, "
-        "min_observed, max_observed, first_ts, last_ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
-        "ON CONFLICT (run_id, threshold_id, stage_name, key) DO UPDATE SET "
-        "passed_count = threshold_tallies.passed_count + excluded.passed_count, "
-        "breach_count = threshold_tallies.breach_count + excluded.breach_count, "
-        "min_observed = min(coalesce(threshold_tallies.min_observed, excluded.min_observed), coalesce(excluded.min_observed, threshold_tallies.min_observed)), "
-        "max_observed = max(coalesce(threshold_tallies.max_observed, excluded.max_observed), coalesce(excluded.max_observed, threshold_tallies.max_observed)), "
-        "first_ts = min(threshold_tallies.first_ts, excluded.first_ts), last_ts = max(threshold_tallies.last_ts, excluded.last_ts)"
-    ),
-    "postgresql": (
-        "INSERT INTO threshold_tallies (run_id, threshold_id, stage_name, key, passed_count, breach_count, "
-        "min_observed, max_observed, first_ts, last_ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
-        "ON CONFLICT (run_id, threshold_id, stage_name, key) DO UPDATE SET "
-        "passed_count = threshold_tallies.passed_count + excluded.passed_count, "
-        "breach_count = threshold_tallies.breach_count + excluded.breach_count, "
-        "min_observed = LEAST(threshold_tallies.min_observed, excluded.min_observed), "
-        "max_observed = GREATEST(threshold_tallies.max_observed, excluded.max_observed), "
-        "first_ts = LEAST(threshold_tallies.first_ts, excluded.first_ts), last_ts = GREATEST(threshold_tallies.last_ts, excluded.last_ts)"
-    ),
-}
-
-
-_VALUES_CACHE: dict[tuple[str, int], str] = {}
-MAX_SQLITE_PARAMS = 32000  # SQLite ≥ 3.32 allows 32766 bound parameters per statement
-
-
-def _insert_values(conn: Any, insert_sql: str, rows: list[tuple[Any, ...]]) -> None:
-    """Insert ``rows`` with multi-row ``VALUES`` statements (up to ~32k parameters each).
-
-    Why not ``executemany``: it binds and steps row by row, releasing and re-taking the
-    GIL around every row's step — under load the writer thread then waits for the GIL
-    once per row. One statement per thousands of rows takes it a few times per group,
-    and is faster even on an idle machine (measured ≈ 530k vs 360k rows/s).
-    """
-    head = insert_sql.split(" VALUES ", 1)[0]
-    width = len(rows[0])
-    per = max(1, MAX_SQLITE_PARAMS // width)
-    for i in range(0, len(rows), per):
-        chunk = rows[i : i + per]
-        key = (head, len(chunk))
-        sql = _VALUES_CACHE.get(key)
-        if sql is None:
-            one = "(" + ",".join("?" * width) + ")"
-            sql = _VALUES_CACHE[key] = f"{head} VALUES {','.join([one] * len(chunk))}"
-            if len(_VALUES_CACHE) > 256:
-                _VALUES_CACHE.clear()
-        conn.execute(sql, [v for row in chunk for v in row])
 
 
 @dataclass
@@ -148,6 +92,7 @@ class Ingest:
         self._ts = epoch if self.dialect == "sqlite" else (lambda d: d)
         self._locks: dict[int, anyio.Lock] = {}
         self._judge_limiter = anyio.CapacityLimiter(2)
+        self._writer: WriterProcess | None = None  # SQLite: the writer process (started by run())
 
     # ---------------------------------------------------------------- row building
     def sample_rows(
@@ -264,15 +209,26 @@ class Ingest:
     async def write_samples_tx(self, tx: Any, run_id: int, samples: list[Measurement], ev: EvaluationResult, engine: ThresholdEngine) -> None:
         stage_ids = await self.rt.stage_id_map(run_id, db=tx)
         rows, evals, tallies = self.sample_rows(run_id, samples, ev, engine, stage_ids)
-        await tx.executemany(_INS_MEAS, rows)
-        await tx.executemany(_INS_EVAL, evals)
-        await tx.executemany(_TALLY[self.dialect], tallies)
+        await tx.executemany(INS_MEAS, rows)
+        await tx.executemany(INS_EVAL, evals)
+        await tx.executemany(TALLY[self.dialect], tallies)
 
     async def write_lines_tx(self, tx: Any, run_id: int, lines: list[LogLine]) -> None:
-        await tx.executemany(_INS_LOG, self.line_rows(run_id, lines))
+        await tx.executemany(INS_LOG, self.line_rows(run_id, lines))
 
     # ---------------------------------------------------------------- the writer
     async def run(self) -> None:
+        db = self.rt.db
+        if self.dialect == "sqlite" and self.rt.settings.database.writer_process:
+            self._writer = WriterProcess(str(db.path), db.busy_timeout_ms)
+        try:
+            await self._serve()
+        finally:
+            if self._writer is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._writer.close)
+
+    async def _serve(self) -> None:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
@@ -309,41 +265,19 @@ class Ingest:
 
     async def _write(self, group: list[_Item]) -> None:
         now = utcnow()
+        if self.dialect == "sqlite":
+            items = [(i.run_id, i.stream, i.seq, i.breaches, i.rows, i.evals, i.tallies) for i in group]
+            if self._writer is not None:
+                dups, stored = await anyio.to_thread.run_sync(self._writer.write, items, iso(now))
+            else:
+                async with self.rt.db.transaction() as tx:
+                    dups, stored = await tx.run_sync(lambda conn: write_group(conn, items, iso(now)))
+            for item, dup in zip(group, dups):
+                item.duplicate = dup
+            self.stats["rows"] += stored
+            return
         async with self.rt.db.transaction() as tx:
-            if self.dialect == "sqlite":
-                await tx.run_sync(lambda conn: self._write_sqlite(conn, group, iso(now)))
-            else:
-                await self._write_pg(tx, group, now)
-
-    def _write_sqlite(self, conn: Any, group: list[_Item], now: str) -> None:
-        from .database import _sqlite_sql
-
-        ins_batch = _sqlite_sql(_INS_BATCH)
-        tally = _sqlite_sql(_TALLY["sqlite"])
-        meas: list[tuple[Any, ...]] = []
-        evals: list[tuple[Any, ...]] = []
-        tallies: list[tuple[Any, ...]] = []
-        lines: list[tuple[Any, ...]] = []
-        for item in group:
-            cur = conn.execute(ins_batch, (item.run_id, item.stream, item.seq, len(item.rows), item.breaches, now))
-            if cur.rowcount != 1:
-                item.duplicate = True
-                continue
-            if item.stream == "sensor":
-                meas.extend(item.rows)
-                evals.extend(item.evals)
-                tallies.extend(item.tallies)
-            else:
-                lines.extend(item.rows)
-        if meas:
-            _insert_values(conn, _INS_MEAS, meas)
-        if evals:
-            _insert_values(conn, _INS_EVAL, evals)
-        if tallies:
-            conn.executemany(tally, tallies)
-        if lines:
-            _insert_values(conn, _INS_LOG, lines)
-        self.stats["rows"] += len(meas) + len(lines)
+            await self._write_pg(tx, group, now)
 
     async def _write_pg(self, tx: Any, group: list[_Item], now: datetime) -> None:
         meas: list[tuple[Any, ...]] = []
@@ -352,7 +286,7 @@ class Ingest:
         lines: list[tuple[Any, ...]] = []
         for item in group:
             got = await tx.fetchval(
-                _INS_BATCH + " RETURNING seq", item.run_id, item.stream, item.seq, len(item.rows), item.breaches, now
+                INS_BATCH + " RETURNING seq", item.run_id, item.stream, item.seq, len(item.rows), item.breaches, now
             )
             if got is None:
                 item.duplicate = True
@@ -364,7 +298,7 @@ class Ingest:
             else:
                 lines.extend(item.rows)
         await tx.copy("measurements", _MEAS_COLS, meas)
-        await tx.executemany(_INS_EVAL, evals)
-        await tx.executemany(_TALLY["postgresql"], tallies)
+        await tx.executemany(INS_EVAL, evals)
+        await tx.executemany(TALLY["postgresql"], tallies)
         await tx.copy("log_lines", _LOG_COLS, lines)
         self.stats["rows"] += len(meas) + len(lines)

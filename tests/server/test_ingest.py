@@ -89,3 +89,103 @@ def _exact_tallies(run_id, samples, ev, engine):
          epoch(min(tss)), epoch(max(tss)))
         for (rid, stage, key), (p, b, nums, tss) in agg.items()
     ]
+
+
+# -- the SQLite writer process ------------------------------------------------------------
+
+async def _sqlite_schema(tmp_path):
+    from vetting_server.database import connect_database
+    from vetting_server.migrate import migrate
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    db = connect_database(url, busy_timeout_ms=5000, pool_min=1, pool_max=1)
+    await db.open()
+    await migrate(db)
+    async with db.transaction() as tx:
+        await tx.execute("INSERT INTO hosts (name, mac, created_at, updated_at) VALUES ('h', 'aa:bb:cc:00:00:01', 'x', 'x')")
+        await tx.execute(
+            "INSERT INTO runs (host_id, state, agent_token_hash, non_destructive, started_at, state_changed_at) "
+            "VALUES (1, 'Running', 't', 1, 'x', 'x')"
+        )
+    return db
+
+
+def _item(run_id, seq, n=3):
+    rows = [(run_id, None, 1.7e9 + i, "temp", f"cpu/{i}", 40.0 + i, "C", None) for i in range(n)]
+    return (run_id, "sensor", seq, 0, rows, [], [])
+
+
+async def test_writer_process_commits_dedups_reports_errors_and_survives_a_kill(tmp_path):
+    from vetting_server.ingest_sqlite import WriterGone, WriterProcess
+
+    db = await _sqlite_schema(tmp_path)
+    w = WriterProcess(str(db.path), 5000)
+    try:
+        assert w.write([_item(1, 1), _item(1, 2)], "2026-12-01T00:00:00Z") == ([False, False], 6)
+        assert w.write([_item(1, 2), _item(1, 3)], "2026-12-01T00:00:01Z") == ([True, False], 3)  # a retried batch
+        # a foreign key violation rolls the whole group back and says why; the process lives on
+        with pytest.raises(Exception, match="FOREIGN KEY"):
+            w.write([_item(1, 4), _item(99, 1)], "2026-12-01T00:00:02Z")
+        pid = w.proc.pid
+        assert w.write([_item(1, 4)], "2026-12-01T00:00:03Z") == ([False], 3) and w.proc.pid == pid
+        # killed between groups: the next group starts a new process
+        w.proc.kill()
+        w.proc.wait()
+        assert w.write([_item(1, 5)], "2026-12-01T00:00:04Z") == ([False], 3) and w.proc.pid != pid
+        # killed mid-group: that group fails with the reason, the next one goes through
+        import signal
+
+        w.proc.send_signal(signal.SIGSTOP)
+        dead = w.proc
+
+        async def kill_soon():
+            await anyio.sleep(0.3)
+            dead.kill()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kill_soon)
+            with pytest.raises(WriterGone, match="failed mid-group"):
+                await anyio.to_thread.run_sync(w.write, [_item(1, 6)], "2026-12-01T00:00:05Z")
+        assert w.write([_item(1, 6)], "2026-12-01T00:00:06Z") == ([False], 3)
+        rows = await db.fetch("SELECT count(*) AS n FROM measurements")
+        assert rows[0]["n"] == 6 * 3  # batches 1..6 once each, nothing from the rolled-back group twice
+    finally:
+        proc = w.proc
+        w.close()
+        await db.close()
+    assert proc is None or proc.poll() is not None
+
+
+async def test_server_stops_its_writer_process(tmp_path, test_registry):
+    from vetting_server.app import create_app
+
+    from .conftest import Env, create_operator_token, make_settings, serve_in_process
+
+    app = create_app(make_settings(f"sqlite:///{tmp_path / 'v.db'}", tmp_path), registry=test_registry)
+    async with serve_in_process(app) as client:
+        env = Env(app, client, await create_operator_token(app.state.rt))
+        run_id, tok = await env.running()
+        r = await env.agent("POST", f"/api/v1/runs/{run_id}/sensor", tok,
+                            json={"seq": 1, "samples": [sample("2026-11-23T01:00:00Z", "Alpha", "temp", "cpu/0", 50.0)]})
+        assert r.status_code == 200 and r.json()["stored"] == 1, r.text
+        proc = app.state.rt.ingest._writer.proc
+        assert proc is not None and proc.poll() is None
+    assert proc.poll() is not None, "the writer process outlived the server"
+
+
+async def test_in_process_writer_when_the_process_is_switched_off(tmp_path, test_registry):
+    from vetting_server.app import create_app
+
+    from .conftest import Env, create_operator_token, make_settings, serve_in_process
+
+    settings = make_settings(f"sqlite:///{tmp_path / 'v.db'}", tmp_path, database={"writer_process": False})
+    app = create_app(settings, registry=test_registry)
+    async with serve_in_process(app) as client:
+        env = Env(app, client, await create_operator_token(app.state.rt))
+        run_id, tok = await env.running()
+        body = {"seq": 1, "samples": [sample("2026-11-23T01:00:00Z", "Alpha", "temp", "cpu/0", 50.0)] * 3}
+        first = await env.agent("POST", f"/api/v1/runs/{run_id}/sensor", tok, json=body)
+        again = await env.agent("POST", f"/api/v1/runs/{run_id}/sensor", tok, json=body)
+        assert first.json()["stored"] == 3 and again.json()["duplicate"] is True
+        assert app.state.rt.ingest._writer is None
+        assert (await env.detail(run_id))["measurement_count"] == 3
