@@ -121,6 +121,8 @@ def serve(db_path: str, busy_timeout_ms: int, rx: BinaryIO, tx: BinaryIO) -> Non
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA synchronous = NORMAL")
+    # checkpoint every ~40 MB of WAL instead of every 4 MB: fewer fsyncs on the ingest path
+    conn.execute("PRAGMA wal_autocheckpoint = 10000")
     decode = msgspec.msgpack.Decoder().decode
     encode = msgspec.msgpack.Encoder().encode
     while (frame := _read_frame(rx)) is not None:
