@@ -35,6 +35,7 @@ import gc
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from operator import attrgetter
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +54,7 @@ from .runtime import Runtime
 
 log = structlog.get_logger()
 
+_TS, _TZ = attrgetter("ts"), attrgetter("tzinfo")
 MAX_GROUP_ROWS = 200_000
 THREAD_THRESHOLD = 200  # samples: smaller batches are judged inline
 
@@ -114,13 +116,15 @@ class Ingest:
     def _sample_rows(
         self, run_id: int, samples: list[Measurement], ev: EvaluationResult, engine: ThresholdEngine, stage_ids: dict[str, int]
     ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        get = stage_ids.get
+        tss = list(map(_TS, samples))
         if self.dialect == "sqlite":
-            if any(s.ts.tzinfo is None for s in samples):
+            if None in map(_TZ, tss):
                 raise TypeError("a sample timestamp has no timezone")
-            rows = [(run_id, get(s.stage), s.ts.timestamp(), s.kind, s.key, s.value, s.unit, s.text) for s in samples]
+            times: list[Any] = list(map(datetime.timestamp, tss))
         else:
-            rows = [(run_id, get(s.stage), s.ts, s.kind, s.key, s.value, s.unit, s.text) for s in samples]
+            times = tss
+        get = stage_ids.get
+        rows = [(run_id, get(s.stage), t, s.kind, s.key, s.value, s.unit, s.text) for s, t in zip(samples, times)]
         ts = self._ts
         evals: list[tuple[Any, ...]] = []
         rules = engine.rules
@@ -133,21 +137,21 @@ class Ingest:
                 run_id, rule.id, s.stage, s.kind, s.key, ts(s.ts), num,
                 None if num is not None or obs is None else str(obs)[:1000], False, getattr(rule.severity, "value", rule.severity),
             ))
-        tallies = self._tallies(run_id, samples, ev, engine)
+        tallies = self._tallies(run_id, times, ev, engine)
         return rows, evals, tallies
 
-    def _tallies(self, run_id: int, samples: list[Measurement], ev: EvaluationResult, engine: ThresholdEngine) -> list[tuple[Any, ...]]:
+    def _tallies(self, run_id: int, times: list[Any], ev: EvaluationResult, engine: ThresholdEngine) -> list[tuple[Any, ...]]:
         """Per (threshold, stage, key): passes, breaches, min/max observed, first/last ts —
-        one row per chunk of the engine's result, summed with C-level builtins."""
-        ts = self._ts
+        one row per chunk of the engine's result, summed with C-level builtins.
+        ``times`` are the samples' timestamps as stored (epoch seconds on SQLite)."""
         rules = engine.rules
         spans: dict[int, tuple[Any, Any]] = {}  # a series' first/last ts, shared by its rules
         out: list[tuple[Any, ...]] = []
         for c in ev.chunks:
             span = spans.get(id(c.samples))
             if span is None:
-                tss = [samples[i].ts for i in c.samples]
-                span = spans[id(c.samples)] = (ts(min(tss)), ts(max(tss)))
+                sel = [times[i] for i in c.samples]
+                span = spans[id(c.samples)] = (min(sel), max(sel))
             passed = sum(c.passed)
             # finite numbers only: NaN and inf (o - o is NaN) and texts are left out
             nums = [o for o in c.observed if (type(o) is float and o - o == 0.0) or type(o) is int]

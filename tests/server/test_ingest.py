@@ -67,7 +67,8 @@ def test_chunk_tallies_equal_the_exact_loop():
     ing = Ingest.__new__(Ingest)
     ing.dialect = "sqlite"
     ing._ts = epoch
-    fast = sorted(ing._tallies(7, samples, lean, engine), key=repr)
+    _rows, _evals, tallies = ing.sample_rows(7, samples, lean, engine, {"Alpha": 1, "Beta": 2})
+    fast = sorted(tallies, key=repr)
     assert fast == sorted(_exact_tallies(7, samples, ev, engine), key=repr)
     assert sum(t[4] + t[5] for t in fast) == len(ev.evaluations) == 500 + 333 + 500 + 500  # rule 2: the 333 Beta temps
 
