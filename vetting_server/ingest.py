@@ -35,8 +35,8 @@ import gc
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from operator import attrgetter
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 import anyio
