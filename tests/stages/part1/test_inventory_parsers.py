@@ -17,6 +17,17 @@ def test_cpuinfo_vm():
     assert "avx512f" in cpu["flags"]
 
 
+def test_cpuinfo_real_servers():
+    dl585 = p.parse_cpuinfo(fixture_text("procfs/unversioned/cpuinfo-hp-dl585-4x-opteron-8354.txt"))
+    assert dl585["model"] == "Quad-Core AMD Opteron(tm) Processor 8354" and dl585["vendor"] == "AuthenticAMD"
+    assert (dl585["sockets"], dl585["cores"], dl585["threads"]) == (4, 16, 16)
+    assert dl585["microcode"] is None and "svm" in dl585["flags"]
+    xen = p.parse_cpuinfo(fixture_text("procfs/unversioned/cpuinfo-xen-pv-guest-xeon-l5420.txt"))
+    assert xen["model"] == "Intel(R) Xeon(R) CPU           L5420  @ 2.50GHz"  # as the kernel prints it
+    # no physical/core ids: one socket, every vCPU its own core
+    assert (xen["sockets"], xen["cores"], xen["threads"]) == (1, 2, 2)
+
+
 def test_lscpu_json_and_merge():
     ls = p.parse_lscpu_json(fixture_text("lscpu/2.38.1/vm-epyc-2cpu.json"))
     assert (ls["sockets"], ls["cores"], ls["threads"]) == (1, 2, 2)
