@@ -90,11 +90,15 @@ class SubStep(msgspec.Struct, kw_only=True):
     summary: dict[str, Any] = {}
 
 
-class Measurement(msgspec.Struct, kw_only=True, array_like=True):
+class Measurement(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     """One sample. ``array_like`` keeps the wire form compact: sensor batches are hot.
 
     ``value`` is numeric; a textual sample (a firmware version, a link state) sets
     ``text`` and leaves ``value`` as ``None``.
+
+    ``gc=False``: its fields are atomic (datetime, str, float, None), so a sample can
+    never be part of a reference cycle, and the garbage collector need not track the
+    hundreds of thousands a busy server holds in flight.
     """
 
     ts: datetime

@@ -107,7 +107,7 @@ class HeartbeatReply(msgspec.Struct, kw_only=True):
     override_flags: dict[str, Any] = {}
 
 
-class LogLine(msgspec.Struct, kw_only=True, array_like=True):
+class LogLine(msgspec.Struct, kw_only=True, array_like=True, gc=False):  # atomic fields: no cycles
     ts: datetime
     stage: str | None
     level: str
