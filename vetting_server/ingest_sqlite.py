@@ -26,11 +26,12 @@ import struct
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgspec
 
-from .database import _sqlite_sql
+from .database import _connect, _sqlite_sql
 from .ingest_sql import INS_BATCH, INS_EVAL, INS_LOG, INS_MEAS, TALLY
 
 _LEN = struct.Struct(">I")
@@ -117,10 +118,7 @@ def _write_frame(f: BinaryIO, body: bytes) -> None:
 
 
 def serve(db_path: str, busy_timeout_ms: int, rx: BinaryIO, tx: BinaryIO) -> None:
-    conn = sqlite3.connect(db_path, timeout=busy_timeout_ms / 1000, isolation_level=None)
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    conn = _connect(Path(db_path), busy_timeout_ms)  # the server's own PRAGMAs
     # checkpoint every ~40 MB of WAL instead of every 4 MB: fewer fsyncs on the ingest path
     conn.execute("PRAGMA wal_autocheckpoint = 10000")
     decode = msgspec.msgpack.Decoder().decode
@@ -167,7 +165,9 @@ class WriterProcess:
             try:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "vetting_server.ingest_sqlite", self.db_path, str(self.busy_timeout_ms)],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+                    # buffered pipes: a frame is written and read whole (a raw pipe read
+                    # may return part of it)
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 )
             except OSError as exc:
                 raise WriterGone(f"cannot start the ingest writer process: {exc}") from None
