@@ -54,7 +54,7 @@ async def store_artifact(rt: Runtime, run_id: int, up: ArtifactUpload) -> Artifa
                                        f"({rt.settings.server.max_artifact_bytes})")
     stage_id = None
     if a.stage:
-        stage_id = await rt.db.fetchval("SELECT id FROM stages WHERE run_id = $1 AND name = $2", run_id, a.stage)
+        stage_id = (await rt.stage_id_map(run_id)).get(a.stage)
         if stage_id is None:
             raise conflict(f"run {run_id} has no stage {a.stage!r}")
     path = rt.data_dir / "artifacts" / f"run-{run_id}" / _safe(a.stage or "run") / f"{digest[:12]}-{_safe(Path(a.path).name)}"
@@ -69,6 +69,6 @@ async def store_artifact(rt: Runtime, run_id: int, up: ArtifactUpload) -> Artifa
         await u.tx.execute(
             "INSERT INTO artifacts (run_id, stage_id, kind, path, sha256, size_bytes, location, created_at) "
             "VALUES ($1, $2, $3, $4, $5, $6, 'server', $7)",
-            run_id, None if stage_id is None else int(stage_id), a.kind, str(path), digest, len(up.content), utcnow(),
+            run_id, stage_id, a.kind, str(path), digest, len(up.content), utcnow(),
         )
     return ArtifactAck(sha256=digest, stored=True)

@@ -125,7 +125,6 @@ class Ingest:
             times = tss
         get = stage_ids.get
         rows = [(run_id, get(s.stage), t, s.kind, s.key, s.value, s.unit, s.text) for s, t in zip(samples, times)]
-        ts = self._ts
         evals: list[tuple[Any, ...]] = []
         rules = engine.rules
         for b in ev.breaches:
@@ -134,7 +133,7 @@ class Ingest:
             obs = b.observed
             num = _num(obs)
             evals.append((
-                run_id, rule.id, s.stage, s.kind, s.key, ts(s.ts), num,
+                run_id, rule.id, s.stage, s.kind, s.key, times[b.sample], num,
                 None if num is not None or obs is None else str(obs)[:1000], False, getattr(rule.severity, "value", rule.severity),
             ))
         tallies = self._tallies(run_id, times, ev, engine)
