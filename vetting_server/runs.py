@@ -493,7 +493,7 @@ class RunService:
                 )
         if res.measurements:
             eng = engine or await self.rt.engine(run_id, db=tx)
-            ev = evaluation or eng.evaluate(res.measurements)
+            ev = evaluation or eng.evaluate(res.measurements, per_sample=False)
             await self.rt.ingest.write_samples_tx(tx, run_id, res.measurements, ev, eng)
         lines = getattr(self, "_orchestrator_logs", {}).pop((run_id, stage["name"]), None)
         if lines:
@@ -539,7 +539,7 @@ class RunService:
                 )
         engine = await self.rt.engine(run_id)
         async with self.rt.ingest.engine_lock(run_id):
-            ev = engine.evaluate(res.measurements) if res.measurements else EvaluationResult([], [], [])
+            ev = engine.evaluate(res.measurements, per_sample=False)
         critical_now = engine.critical(ev.breaches)
         breaches = [self._breach(engine, res.measurements, b) for b in ev.breaches[:100]]
         streamed = await self.db.fetch(
