@@ -119,7 +119,58 @@ def test_nvidia_smi_csv(fixtures):
     assert c1["ecc_dbe_volatile"] == 1 and c1["retired_pages_pending"] == 1.0
     assert telemetry_from_row(good)["throttle"] == ["gpu_idle"]
     with pytest.raises(ValueError, match="columns"):
-        nvidia_smi.parse_csv("0, NVIDIA H100\n")
+        nvidia_smi.parse_csv("index, name\n0, NVIDIA H100, 81559\n")
+
+
+def _smi(fixtures, name):
+    return nvidia_smi.parse_csv((fixtures / "nvidia-smi" / name).read_text())
+
+
+def test_nvidia_smi_real_h100_captures(fixtures):
+    """Driver 590.48.01, 212 fields with units, the newer clocks_event_reasons names,
+    [N/A], [Requested functionality has been deprecated], bare N/A and an empty field."""
+    (row,) = _smi(fixtures, "590.48.01/h100-80gb-hbm3-idle.csv")
+    assert len(row) == 212 and row["platform.chassis_serial_number"] is None
+    s = static_from_row(row)
+    assert (s["name"], s["memory_mib"], s["driver"], s["vbios"]) == ("NVIDIA H100 80GB HBM3", 81559, "590.48.01", "96.00.A5.00.01")
+    assert s["serial"] == "0000000000000"  # identities stay text: leading zeros kept
+    assert (s["pcie_gen_current"], s["pcie_gen_max"], s["pcie_width_current"], s["ecc_current"]) == (5, 5, 16, True)
+    t = telemetry_from_row(row)
+    assert t["throttle"] == ["gpu_idle"] and t["power_w"] == 69.85 and t["util_pct"] == 0.0 and t["sm_clock_mhz"] > 0
+    c = counters_from_row(row)
+    assert c == {"ecc_sbe_volatile": 0.0, "ecc_dbe_volatile": 0.0, "ecc_sbe_aggregate": 0.0, "ecc_dbe_aggregate": 0.0}
+    # the same GPU with MIG on: no utilisation at all, the rest unchanged
+    (mig,) = _smi(fixtures, "590.48.01/h100-80gb-hbm3-mig-idle.csv")
+    assert mig["mig.mode.current"] == "Enabled" and mig["utilization.gpu"] is None
+    assert "util_pct" not in telemetry_from_row(mig) and static_from_row(mig)["memory_mib"] == 81559
+
+
+def test_nvidia_smi_real_consumer_and_error_captures(fixtures):
+    # Windows, driver 471.11: the older clocks_throttle_reasons names, every ECC field [N/A]
+    (row,) = _smi(fixtures, "471.11/rtx2080super-windows.csv")
+    assert len(row) == 115 and static_from_row(row)["ecc_current"] is None and counters_from_row(row) == {}
+    assert telemetry_from_row(row)["throttle"] == ["gpu_idle"] and row["temperature.memory"] is None
+    # nounits: the header keeps [W], the values have none; "[Unknown Error]" is no value
+    (row,) = _smi(fixtures, "442.19/rtx2080ti-nounits-unknown-error.csv")
+    assert (row["power.draw"], row["power.limit"], row["power.default_limit"]) == (228.82, 210.0, None)
+    # eight L40S at idle: the link trains down to gen 1 of 4 (the stage judges the gen seen under load)
+    rows = _smi(fixtures, "unversioned/l40s-8gpu-pcie-idle.csv")
+    assert len(rows) == 8
+    assert {(static_from_row(r)["pcie_gen_current"], static_from_row(r)["pcie_gen_max"]) for r in rows} == {(1, 4)}
+
+
+def test_nvidia_smi_csv_any_field_order_units_and_failures():
+    rows = nvidia_smi.parse_csv(
+        "name, clocks_event_reasons.active, memory.total [MiB], power.draw [W]\n"
+        "NVIDIA A100-SXM4-80GB, 0x0000000000000004, 81920 MiB, [N/A]\n"
+    )
+    assert rows == [{"name": "NVIDIA A100-SXM4-80GB", "clocks_throttle_reasons.active": 4.0,
+                     "memory.total": 81920.0, "power.draw": None}]
+    assert telemetry_from_row(rows[0])["throttle"] == ["sw_power_cap"]
+    assert nvidia_smi.parse_csv("") == []
+    no_driver = "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n"
+    with pytest.raises(ValueError, match="no CSV header: NVIDIA-SMI has failed"):
+        nvidia_smi.parse_csv(no_driver)
 
 
 def test_throttle_decode():
