@@ -212,7 +212,7 @@ def _transport(dev: dict[str, Any]) -> str:
     tran = (dev.get("tran") or "").lower()
     if tran:
         return tran
-    name = dev.get("kname") or dev.get("name") or ""
+    name = _devname(dev)
     subsystems = dev.get("subsystems") or ""
     if name.startswith("nvme"):
         return "nvme"
@@ -230,6 +230,12 @@ def _bool(v: Any) -> bool:
     return v in (True, 1, "1", "true")
 
 
+def _devname(dev: dict[str, Any]) -> str:
+    """The kernel name; ``lsblk --paths`` prints ``/dev/nvme0n1`` where it would print
+    ``nvme0n1``."""
+    return (dev.get("kname") or dev.get("name") or "").rsplit("/", 1)[-1]
+
+
 def parse_lsblk(text: str) -> list[dict[str, Any]]:
     """``lsblk -J -b -o LSBLK_COLUMNS`` → whole disks (``type == disk``) as Disk dicts,
     with ``children`` summarised for the wipe probe."""
@@ -238,7 +244,7 @@ def parse_lsblk(text: str) -> list[dict[str, Any]]:
     for dev in doc.get("blockdevices", []):
         if dev.get("type") not in ("disk", "loop"):
             continue
-        name = dev.get("kname") or dev.get("name")
+        name = _devname(dev)
         out.append(
             {
                 "name": name,

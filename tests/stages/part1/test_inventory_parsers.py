@@ -36,6 +36,15 @@ def test_lscpu_json_and_merge():
     assert merged["microcode"] == "0x1000065" and merged["threads"] == 2
 
 
+def test_lscpu_real_4_socket_grace_without_model_name():
+    ls = p.parse_lscpu_json(fixture_text("lscpu/unversioned/nvidia-grace-4s-288c.json"))
+    assert (ls["vendor"], ls["sockets"], ls["cores"], ls["threads"]) == ("ARM", 4, 288, 288)
+    assert ls["model"] == "" and ls["max_mhz"] == 3420.0 and "sve2" in ls["flags"]
+    # cpuinfo's model fills the gap lscpu leaves; lscpu's topology wins
+    merged = p.merge_cpu({"model": "Neoverse-V2", "sockets": 1, "cores": 288, "threads": 288, "flags": []}, ls)
+    assert (merged["model"], merged["sockets"], merged["cores"]) == ("Neoverse-V2", 4, 288)
+
+
 def test_lscpu_nested_children_format():
     # util-linux >= 2.38 may nest fields under "children"; the parser walks them
     text = '{"lscpu":[{"field":"Model name:","data":"Neoverse-N1","children":[{"field":"Socket(s):","data":"2"},{"field":"Core(s) per socket:","data":"80"}]},{"field":"CPU(s):","data":"160"}]}'
@@ -88,6 +97,20 @@ def test_lsblk_vm_with_loops():
     assert by["vda"]["transport"] == "virtio" and by["vda"]["size_bytes"] == 274877906944 and by["vda"]["rotational"]
     assert by["loop0"]["transport"] == "loop" and by["zram0"]["size_bytes"] == 0
     assert not any(d["removable"] for d in disks)
+
+
+def test_lsblk_real_nvme_servers_with_paths():
+    disks = {d["name"]: d for d in p.parse_lsblk(fixture_text("lsblk/unversioned/gpud-samsung-nvme-lvm-bmc-gadget-paths.json"))}
+    pm1743 = disks["nvme0n1"]
+    assert pm1743["path"] == "/dev/nvme0n1" and pm1743["transport"] == "nvme" and not pm1743["rotational"]
+    assert (pm1743["model"], pm1743["serial"], pm1743["size_bytes"]) == ("SAMSUNG MZTL63T8HFLT-00AW7", "S7UTNG0Y512362", 3840755982336)
+    assert disks["nvme4n1"]["size_bytes"] == 1920383410176
+    gadget = disks["sda"]  # the BMC's virtual media: a "disk" of size 0
+    assert gadget["model"] == "File-Stor Gadget" and gadget["size_bytes"] == 0
+    assert {d["transport"] for n, d in disks.items() if n.startswith("loop")} == {"loop"}
+    eight = [d for d in p.parse_lsblk(fixture_text("lsblk/unversioned/gpud-8x-nvme-paths-reindented.json")) if d["transport"] == "nvme"]
+    assert len(eight) == 8 and sorted({d["size_bytes"] for d in eight}) == [960197124096, 7681501126656]
+    assert sum(d["model"] == "INTEL SSDPF2KX076T1O" for d in eight) == 6 and all(d["wwn"].startswith("eui.") for d in eight)
 
 
 def test_lsblk_string_booleans_of_old_util_linux():
