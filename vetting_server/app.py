@@ -24,7 +24,7 @@ from vetting_core.config import Settings
 from vetting_core.plugins import Registry, load_registry
 from vetting_core.protocol import ErrorBody
 
-from .api_agent import AgentController, ArtifactController, artifact_body_limit
+from .api_agent import HEARTBEAT_PATH, AgentController, ArtifactController, answer_heartbeat, artifact_body_limit
 from .api_operator import EventController, HostController, RunController, SystemController
 from .errors import ApiError
 from .ingest import Ingest
@@ -98,6 +98,23 @@ def _document_errors(*controllers: type) -> None:
                 value.responses = {**specs, **(value.responses or {})}
 
 
+class VettingApp(Litestar):
+    """The Litestar app with one route answered before routing: agents' heartbeats
+    (:func:`.api_agent.answer_heartbeat`), the one request every agent sends every
+    few seconds for the whole run."""
+
+    rt: Runtime
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            m = HEARTBEAT_PATH.fullmatch(scope["path"])
+            if m is not None:
+                rt = self.rt
+                await answer_heartbeat(rt, scope, receive, send, int(m[1]), rt.settings.server.max_agent_body_bytes)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings, registry: Registry | None = None) -> Litestar:
     if registry is None:
         registry = load_registry(blocked=settings.plugins.disable)
@@ -154,7 +171,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     agent = type("AgentController", (AgentController,), {"request_max_body_size": settings.server.max_agent_body_bytes})
     artifacts = type("ArtifactController", (ArtifactController,),
                      {"request_max_body_size": artifact_body_limit(settings.server.max_artifact_bytes)})
-    app = Litestar(
+    app = VettingApp(
         route_handlers=[SystemController, agent, artifacts, HostController, RunController, EventController],
         lifespan=[lifespan],
         exception_handlers={
@@ -167,7 +184,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
         request_max_body_size=settings.server.max_operator_body_bytes,
         debug=False,
     )
-    app.state.rt = rt
+    app.state.rt = app.rt = rt
     return app
 
 

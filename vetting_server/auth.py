@@ -24,7 +24,11 @@ def runtime(request: Any) -> Runtime:
 
 
 def bearer(request: Any) -> str | None:
-    value = request.headers.get("authorization")
+    return parse_bearer(request.headers.get("authorization"))
+
+
+def parse_bearer(value: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value (None if absent)."""
     if not value:
         return None
     scheme, _, token = value.partition(" ")
@@ -43,8 +47,11 @@ async def agent_auth(request: Any, run_id: int, *, allow_finished: bool = False)
 
 
 async def _agent_auth(request: Any, run_id: int, *, allow_finished: bool = False) -> RunAuth:
-    rt = runtime(request)
-    token = bearer(request)
+    return await authenticate_run(runtime(request), bearer(request), run_id, allow_finished=allow_finished)
+
+
+async def authenticate_run(rt: Runtime, token: str | None, run_id: int, *, allow_finished: bool = False) -> RunAuth:
+    """The run that ``token`` opens, or the :class:`ApiError` to answer (401/403)."""
     if token is None:
         raise unauthorized("missing run token: send 'Authorization: Bearer <run token>'")
     h = token_hash(token)

@@ -187,15 +187,23 @@ async def test_openapi_documents_every_protocol_body(env):
 
 
 async def test_heartbeat_fast_path_rejects_bad_bodies(env):
+    """``/heartbeat`` is answered before routing (api_agent.answer_heartbeat); its
+    trailing-slash spelling goes through the routed handler. Both must agree."""
     run_id, tok = await env.running()
-    url = f"/api/v1/runs/{run_id}/heartbeat"
-    r = await env.agent("POST", url, tok, content=b"{nope", headers={"Content-Type": "application/json"})
-    assert r.status_code == 400 and "malformed JSON" in r.json()["detail"]
-    r = await env.agent("POST", url, tok, json={"progress": "half"})
-    assert r.status_code == 400 and "progress" in r.json()["detail"]
-    r = await env.agent("POST", url, tok, json={"message": "x" * (2 << 20)})
-    assert r.status_code == 413
-    r = await env.agent("POST", url, None, content=b"{nope")
-    assert r.status_code == 401
-    r = await env.agent("POST", url, tok, json={"stage": "Alpha", "progress": 0.25})
-    assert r.status_code == 200 and r.json() == {"cmd": "continue", "state": "Running", "stage": None, "override_flags": {}}
+    _, other_tok = await env.running("node-b", "aa:bb:cc:00:00:0b")
+    for url in (f"/api/v1/runs/{run_id}/heartbeat", f"/api/v1/runs/{run_id}/heartbeat/"):
+        r = await env.agent("POST", url, tok, content=b"{nope", headers={"Content-Type": "application/json"})
+        assert _assert_error(r, 400)["detail"].startswith("malformed JSON"), url
+        r = await env.agent("POST", url, tok, json={"progress": "half"})
+        assert "progress" in _assert_error(r, 400)["detail"], url
+        r = await env.agent("POST", url, tok, json={"message": "x" * (2 << 20)})
+        assert "too large" in _assert_error(r, 413)["detail"], url
+        r = await env.agent("POST", url, None, content=b"{nope")
+        assert "missing run token" in _assert_error(r, 401)["detail"], url
+        assert r.headers["www-authenticate"] == "Bearer", url
+        r = await env.agent("POST", url, other_tok, json={})
+        assert f"not to run {run_id}" in _assert_error(r, 403)["detail"], url
+        r = await env.agent("POST", url, tok, json={"stage": "Alpha", "progress": 0.25})
+        assert r.status_code == 200, (url, r.text)
+        assert r.json() == {"cmd": "continue", "state": "Running", "stage": None, "override_flags": {}}, url
+    assert env.rt.hub.progress[run_id]["percent"] == 25

@@ -157,6 +157,27 @@ async def test_writer_process_commits_dedups_reports_errors_and_survives_a_kill(
     assert proc is None or proc.poll() is not None
 
 
+async def test_writer_process_stores_numeric_and_text_samples_of_one_group_exactly(tmp_path):
+    """Numeric samples go in without the text column, the rest with it (ingest_sqlite)."""
+    from vetting_server.ingest_sqlite import WriterProcess
+
+    db = await _sqlite_schema(tmp_path)
+    sent = [
+        (1, None, 1.7e9, "temp", "cpu/0", 41.5, "C", None),
+        (1, None, 1.7e9 + 1, "state", "link", None, "", "down"),
+        (1, None, 1.7e9 + 2, "temp", "cpu/1", None, "C", None),  # an unreadable sensor: no value, no text
+        (1, None, 1.7e9 + 3, "fw", "bios", 2.0, "", "2.0.1"),
+    ]
+    w = WriterProcess(str(db.path), 5000)
+    try:
+        assert w.write([(1, "sensor", 1, 0, sent[:2], [], []), (1, "sensor", 2, 0, sent[2:], [], [])], "x") == ([False, False], 4)
+    finally:
+        w.close()
+    got = await db.fetch("SELECT run_id, stage_id, ts, kind, key, value, unit, text FROM measurements ORDER BY ts")
+    await db.close()
+    assert [tuple(r.values()) for r in got] == sent
+
+
 async def test_server_stops_its_writer_process(tmp_path, test_registry):
     from vetting_server.app import create_app
 
