@@ -7,11 +7,9 @@ are limited to ``server.max_agent_body_bytes`` (413 beyond).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import msgspec
-import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, JSONBody, Parameter
 
@@ -21,7 +19,6 @@ from vetting_core.protocol import (
     BatchAck,
     Claim,
     ClaimReply,
-    ErrorBody,
     Heartbeat,
     HeartbeatReply,
     Hello,
@@ -42,15 +39,15 @@ from vetting_core.protocol import (
 from vetting_core.statemachine import heartbeat_command
 
 from .artifacts import store_artifact
-from .auth import agent_auth, agent_guard, authenticate_run, bearer, host_agent_guard, parse_bearer, runtime
+from .auth import agent_auth, agent_guard, bearer, host_agent_guard, runtime
 from .database import utcnow
+from .edge import EdgeRoute
 from .fastbody import FastBody
 from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
 from .hosts import FieldError, normalize_mac
 from .security import new_token, token_hash
 
 RUN = "/api/v1/runs/{run_id:int}"
-log = structlog.get_logger()
 
 
 def _peer(request: Request) -> str | None:
@@ -62,11 +59,7 @@ def _check_seq(seq: int) -> None:
         raise bad_request(f"seq must be ≥ 1 (got {seq}): batches are numbered from 1 per stream")
 
 
-_hb_decoder = msgspec.json.Decoder(Heartbeat)
-_hb_encoder = msgspec.json.Encoder()
-
-
-def heartbeat_reply(rt: Any, run_id: int, auth: Any, data: Heartbeat) -> HeartbeatReply:
+async def heartbeat_reply(rt: Any, run_id: int, auth: Any, data: Heartbeat) -> HeartbeatReply:
     """Record the heartbeat (memory only) and say what the agent should do."""
     now = utcnow()
     rt.heartbeats[run_id] = now
@@ -86,61 +79,28 @@ def heartbeat_reply(rt: Any, run_id: int, auth: Any, data: Heartbeat) -> Heartbe
     )
 
 
-HEARTBEAT_PATH = re.compile(r"/api/v1/runs/(\d{1,18})/heartbeat")
-_JSON = (b"content-type", b"application/json")
-
-
-async def answer_heartbeat(rt: Any, scope: Any, receive: Any, send: Any, run_id: int, max_body: int) -> None:
-    """Answer ``POST /api/v1/runs/{id}/heartbeat`` as a bare ASGI exchange, before
-    Litestar's router, middleware and request objects (:class:`.app.VettingApp` calls it).
-
-    At 10,000 agents the server takes 1,000 heartbeats a second, while it judges and
-    stores sensor batches on the same interpreter; this path costs a fraction of the
-    generic one (measured with ``bench/ingest.py``, see docs/api.md). Semantics are the
-    routed handler's: run token first (401/403; a finished run within the grace period),
-    then the body limit (413), a malformed body (400), the same reply and error bodies."""
-    headers: list[tuple[bytes, bytes]] = []
+async def sensor_ack(rt: Any, run_id: int, auth: Any, data: SensorBatch) -> BatchAck:
+    _check_seq(data.seq)
     try:
-        token = None
-        length = None
-        for k, v in scope["headers"]:
-            if k == b"authorization":
-                token = parse_bearer(v.decode("latin-1"))
-            elif k == b"content-length":
-                length = v
-        auth = await authenticate_run(rt, token, run_id, allow_finished=True)
-        if length is not None and length.isdigit() and int(length) > max_body:
-            raise ApiError(413, f"request body too large (limit {max_body} bytes)")
-        body = bytearray()
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            body += msg.get("body", b"")
-            if len(body) > max_body:
-                raise ApiError(413, f"request body too large (limit {max_body} bytes)")
-            if not msg.get("more_body"):
-                break
-        try:
-            data = _hb_decoder.decode(body or b"{}")
-        except msgspec.ValidationError as exc:
-            raise ApiError(400, f"Validation failed for POST {scope['path']}: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise ApiError(400, f"malformed JSON body: {exc}") from None
-        status, payload = 200, _hb_encoder.encode(heartbeat_reply(rt, run_id, auth, data))
-    except ApiError as exc:
-        status = exc.status_code
-        payload = _hb_encoder.encode(ErrorBody(status_code=status, detail=exc.detail, extra=exc.extra))
-        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-    except Exception as exc:
-        log.exception("request.failed", path=scope["path"], error=f"{type(exc).__name__}: {exc}")
-        status = 500
-        payload = _hb_encoder.encode(ErrorBody(status_code=500, detail=f"internal error: {type(exc).__name__}; see the server log"))
-    await send({
-        "type": "http.response.start", "status": status,
-        "headers": [_JSON, (b"content-length", str(len(payload)).encode()), *headers],
-    })
-    await send({"type": "http.response.body", "body": payload})
+        stored, dup, breaches = await rt.ingest.sensor(run_id, data.seq, data.samples)
+    except TypeError as exc:  # e.g. naive and aware timestamps mixed in one batch
+        raise ApiError(422, f"samples: {exc}; give every ts a timezone (UTC 'Z')", {"field": "samples"}) from None
+    return BatchAck(seq=data.seq, stored=stored, duplicate=dup, breaches=breaches)
+
+
+async def log_ack(rt: Any, run_id: int, auth: Any, data: LogBatch) -> BatchAck:
+    _check_seq(data.seq)
+    stored, dup = await rt.ingest.logs(run_id, data.seq, data.lines)
+    return BatchAck(seq=data.seq, stored=stored, duplicate=dup)
+
+
+# answered before routing (edge.py); the handlers below document them and serve the
+# paths' other spellings (a trailing slash)
+EDGE_ROUTES = {
+    "heartbeat": EdgeRoute(msgspec.json.Decoder(Heartbeat), heartbeat_reply, allow_finished=True),
+    "sensor": EdgeRoute(msgspec.json.Decoder(SensorBatch), sensor_ack),
+    "log": EdgeRoute(msgspec.json.Decoder(LogBatch), log_ack),
+}
 
 
 class AgentController(Controller):
@@ -161,28 +121,17 @@ class AgentController(Controller):
     @post(RUN + "/heartbeat", status_code=200, summary="Liveness; the reply carries cmd", opt={"allow_finished": True},
           dto=FastBody[Heartbeat], return_dto=None)
     async def heartbeat(self, request: Request, run_id: FromPath[int], data: JSONBody[Heartbeat]) -> HeartbeatReply:
-        # answered by answer_heartbeat before routing; this handler documents the route
-        # (OpenAPI) and serves the path's other spellings (a trailing slash)
         auth = await agent_auth(request, run_id, allow_finished=True)
-        return heartbeat_reply(runtime(request), run_id, auth, data)
+        return await heartbeat_reply(runtime(request), run_id, auth, data)
 
     @post(RUN + "/log", status_code=200, summary="A batch of log lines", dto=FastBody[LogBatch], return_dto=None)
     async def log(self, request: Request, run_id: FromPath[int], data: JSONBody[LogBatch]) -> BatchAck:
-        await agent_auth(request, run_id)
-        _check_seq(data.seq)
-        stored, dup = await runtime(request).ingest.logs(run_id, data.seq, data.lines)
-        return BatchAck(seq=data.seq, stored=stored, duplicate=dup)
+        return await log_ack(runtime(request), run_id, await agent_auth(request, run_id), data)
 
     @post(RUN + "/sensor", status_code=200, summary="A batch of samples: judged and stored", dto=FastBody[SensorBatch],
           return_dto=None)
     async def sensor(self, request: Request, run_id: FromPath[int], data: JSONBody[SensorBatch]) -> BatchAck:
-        await agent_auth(request, run_id)
-        _check_seq(data.seq)
-        try:
-            stored, dup, breaches = await runtime(request).ingest.sensor(run_id, data.seq, data.samples)
-        except TypeError as exc:  # e.g. naive and aware timestamps mixed in one batch
-            raise ApiError(422, f"samples: {exc}; give every ts a timezone (UTC 'Z')", {"field": "samples"}) from None
-        return BatchAck(seq=data.seq, stored=stored, duplicate=dup, breaches=breaches)
+        return await sensor_ack(runtime(request), run_id, await agent_auth(request, run_id), data)
 
     @post(RUN + "/result", status_code=200, summary="A stage result (idempotent)", dto=FastBody[StageResult], return_dto=None)
     async def result(self, request: Request, run_id: FromPath[int], data: JSONBody[StageResult]) -> ResultReply:

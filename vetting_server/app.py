@@ -24,7 +24,8 @@ from vetting_core.config import Settings
 from vetting_core.plugins import Registry, load_registry
 from vetting_core.protocol import ErrorBody
 
-from .api_agent import HEARTBEAT_PATH, AgentController, ArtifactController, answer_heartbeat, artifact_body_limit
+from . import edge
+from .api_agent import EDGE_ROUTES, AgentController, ArtifactController, artifact_body_limit
 from .api_operator import EventController, HostController, RunController, SystemController
 from .errors import ApiError
 from .ingest import Ingest
@@ -99,18 +100,18 @@ def _document_errors(*controllers: type) -> None:
 
 
 class VettingApp(Litestar):
-    """The Litestar app with one route answered before routing: agents' heartbeats
-    (:func:`.api_agent.answer_heartbeat`), the one request every agent sends every
-    few seconds for the whole run."""
+    """The Litestar app, with the hot agent routes (heartbeat, sensor, log) answered
+    before routing (:mod:`.edge`)."""
 
     rt: Runtime
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            m = HEARTBEAT_PATH.fullmatch(scope["path"])
-            if m is not None:
+            m = edge.PATH.fullmatch(scope["path"])
+            route = EDGE_ROUTES.get(m[2]) if m is not None else None
+            if route is not None:
                 rt = self.rt
-                await answer_heartbeat(rt, scope, receive, send, int(m[1]), rt.settings.server.max_agent_body_bytes)
+                await edge.answer(rt, scope, receive, send, int(m[1]), route, rt.settings.server.max_agent_body_bytes)
                 return
         await super().__call__(scope, receive, send)
 

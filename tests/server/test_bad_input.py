@@ -186,24 +186,37 @@ async def test_openapi_documents_every_protocol_body(env):
     assert body == {"$ref": "#/components/schemas/SensorBatch"}
 
 
-async def test_heartbeat_fast_path_rejects_bad_bodies(env):
-    """``/heartbeat`` is answered before routing (api_agent.answer_heartbeat); its
-    trailing-slash spelling goes through the routed handler. Both must agree."""
+async def test_edge_routes_answer_as_the_routed_handlers_do(env):
+    """``/heartbeat``, ``/sensor`` and ``/log`` are answered before routing (edge.py);
+    their trailing-slash spellings go through the routed handlers. Both must agree."""
     run_id, tok = await env.running()
     _, other_tok = await env.running("node-b", "aa:bb:cc:00:00:0b")
-    for url in (f"/api/v1/runs/{run_id}/heartbeat", f"/api/v1/runs/{run_id}/heartbeat/"):
-        r = await env.agent("POST", url, tok, content=b"{nope", headers={"Content-Type": "application/json"})
-        assert _assert_error(r, 400)["detail"].startswith("malformed JSON"), url
-        r = await env.agent("POST", url, tok, json={"progress": "half"})
-        assert "progress" in _assert_error(r, 400)["detail"], url
-        r = await env.agent("POST", url, tok, json={"message": "x" * (2 << 20)})
-        assert "too large" in _assert_error(r, 413)["detail"], url
-        r = await env.agent("POST", url, None, content=b"{nope")
-        assert "missing run token" in _assert_error(r, 401)["detail"], url
-        assert r.headers["www-authenticate"] == "Bearer", url
-        r = await env.agent("POST", url, other_tok, json={})
-        assert f"not to run {run_id}" in _assert_error(r, 403)["detail"], url
-        r = await env.agent("POST", url, tok, json={"stage": "Alpha", "progress": 0.25})
-        assert r.status_code == 200, (url, r.text)
-        assert r.json() == {"cmd": "continue", "state": "Running", "stage": None, "override_flags": {}}, url
+    cases = {
+        "heartbeat": ({"progress": "half"}, "progress", lambda seq: {"stage": "Alpha", "progress": 0.25},
+                      lambda seq: {"cmd": "continue", "state": "Running", "stage": None, "override_flags": {}}),
+        "sensor": ({"seq": 1, "samples": [["x"]]}, "samples", lambda seq: {**BODIES["sensor"], "seq": seq},
+                   lambda seq: {"seq": seq, "stored": 1, "duplicate": False, "breaches": 0}),
+        "log": ({"seq": "one", "lines": []}, "seq", lambda seq: {**BODIES["log"], "seq": seq},
+                lambda seq: {"seq": seq, "stored": 1, "duplicate": False, "breaches": 0}),
+    }
+    for seq, slash in ((1, ""), (2, "/")):
+        for name, (invalid, field, good, reply) in cases.items():
+            url = f"/api/v1/runs/{run_id}/{name}{slash}"
+            r = await env.agent("POST", url, tok, content=b"{nope", headers={"Content-Type": "application/json"})
+            assert _assert_error(r, 400)["detail"].startswith("malformed JSON"), url
+            r = await env.agent("POST", url, tok, json=invalid)
+            assert field in _assert_error(r, 400)["detail"], url
+            r = await env.agent("POST", url, tok, json={"message": "x" * (2 << 20)})
+            assert "too large" in _assert_error(r, 413)["detail"], url
+            r = await env.agent("POST", url, None, content=b"{nope")
+            assert "missing run token" in _assert_error(r, 401)["detail"], url
+            assert r.headers["www-authenticate"] == "Bearer", url
+            r = await env.agent("POST", url, other_tok, json=good(seq))
+            assert f"not to run {run_id}" in _assert_error(r, 403)["detail"], url
+            r = await env.agent("POST", url, tok, json=good(seq))
+            assert r.status_code == 200 and r.json() == reply(seq), (url, r.text)
+    r = await env.agent("POST", f"/api/v1/runs/{run_id}/sensor", tok, json={"seq": 0, "samples": []})
+    assert "seq must be ≥ 1" in _assert_error(r, 400)["detail"]
     assert env.rt.hub.progress[run_id]["percent"] == 25
+    d = await env.detail(run_id)
+    assert d["measurement_count"] == 2
