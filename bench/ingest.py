@@ -17,7 +17,9 @@ What it does:
 4. prints: samples judged+stored per second, heartbeat p50/p99 latency, 5xx count,
    rows in the database vs samples acknowledged, and — in the same run — the rate of
    plain ``sqlite3.executemany`` inserting the same rows into a fresh file with the same
-   schema and indexes, and the ratio.
+   schema and indexes, and the ratio; and the CPU the server process and its SQLite
+   writer process used during ingest, per sample (a figure the machine's load moves
+   far less than throughput: use it to compare two versions).
 
 The client is a minimal HTTP/1.1 keep-alive client on asyncio (httpx would be the
 bottleneck), and each sensor agent's batches are encoded before the timed phase (a real
