@@ -41,6 +41,7 @@ class EdgeRoute(NamedTuple):
 
 
 async def answer(rt: Runtime, scope: Any, receive: Any, send: Any, run_id: int, route: EdgeRoute, max_body: int) -> None:
+    """Read, authenticate, decode and answer one request to ``route`` of run ``run_id``."""
     headers: list[tuple[bytes, bytes]] = []
     try:
         token = length = None
