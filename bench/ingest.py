@@ -282,23 +282,19 @@ def cpu_seconds(pid: int) -> dict[str, float]:
     writer), from /proc: a figure the machine's noise moves far less than throughput."""
     out: dict[str, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
-
-    def one(p: int, name: str) -> None:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            out[name] = (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            pass
-
-    one(pid, "server")
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == pid:
-                cmd = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
-                one(int(stat.parent.name), "writer" if "ingest_sqlite" in cmd else f"child {stat.parent.name}")
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)"
+            p = int(stat.parent.name)
+            if p != pid and int(fields[1]) != pid:  # neither the server nor its child
+                continue
+            if p == pid:
+                name = "server"
+            else:
+                name = "writer" if b"ingest_sqlite" in (stat.parent / "cmdline").read_bytes() else f"child {p}"
+            out[name] = (int(fields[11]) + int(fields[12])) / tick
         except (OSError, IndexError, ValueError):
-            pass
+            pass  # a process that exited meanwhile
     return out
 
 

@@ -41,13 +41,9 @@ async def agent_auth(request: Any, run_id: int, *, allow_finished: bool = False)
     cached = getattr(request.state, "agent_auth", None)
     if cached is not None and cached.run_id == run_id:
         return cached
-    auth = await _agent_auth(request, run_id, allow_finished=allow_finished)
+    auth = await authenticate_run(runtime(request), bearer(request), run_id, allow_finished=allow_finished)
     request.state.agent_auth = auth
     return auth
-
-
-async def _agent_auth(request: Any, run_id: int, *, allow_finished: bool = False) -> RunAuth:
-    return await authenticate_run(runtime(request), bearer(request), run_id, allow_finished=allow_finished)
 
 
 async def authenticate_run(rt: Runtime, token: str | None, run_id: int, *, allow_finished: bool = False) -> RunAuth:
