@@ -361,7 +361,9 @@ def main() -> int:
         print(f"setup: {len(runs)} hosts + runs in {time.monotonic() - t:.1f}s")
         quiet = None
         if args.hb_only > 0:
+            hb0 = cpu_seconds(srv.proc.pid)
             quiet = asyncio.run(load(srv, runs, args, sensors=False, duration=args.hb_only))
+            hb_cpu = cpu_seconds(srv.proc.pid)["server"] - hb0["server"]
         cpu0 = cpu_seconds(srv.proc.pid)
         st = asyncio.run(load_split(srv, runs, args))
         cpu1 = cpu_seconds(srv.proc.pid)
@@ -382,7 +384,8 @@ def main() -> int:
         qh = sorted(quiet["hb"])
         print(f"heartbeats alone ({args.hb_only:g}s, no sensor load): {len(qh):,} ({len(qh) / quiet['elapsed']:,.0f}/s), "
               f"p50 {statistics.median(qh) * 1000:.1f} ms, p99 {statistics.quantiles(qh, n=100)[98] * 1000:.1f} ms, "
-              f"5xx {quiet['hb_5xx']}")
+              f"5xx {quiet['hb_5xx']}; server CPU {hb_cpu / quiet['elapsed'] * 100:.0f}% of a core "
+              f"({hb_cpu / len(qh) * 1e6:.0f} µs per heartbeat)")
     if q:
         print(f"heartbeats during ingest: {len(hb):,} ({len(hb) / st['elapsed']:,.0f}/s), p50 {statistics.median(hb) * 1000:.1f} ms, "
               f"p99 {q[98] * 1000:.1f} ms, max {hb[-1] * 1000:.1f} ms")

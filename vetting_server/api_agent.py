@@ -59,7 +59,7 @@ def _check_seq(seq: int) -> None:
         raise bad_request(f"seq must be ≥ 1 (got {seq}): batches are numbered from 1 per stream")
 
 
-async def heartbeat_reply(rt: Any, run_id: int, auth: Any, data: Heartbeat) -> HeartbeatReply:
+def heartbeat_reply(rt: Any, run_id: int, auth: Any, data: Heartbeat) -> HeartbeatReply:
     """Record the heartbeat (memory only) and say what the agent should do."""
     now = utcnow()
     rt.heartbeats[run_id] = now
@@ -97,7 +97,7 @@ async def log_ack(rt: Any, run_id: int, auth: Any, data: LogBatch) -> BatchAck:
 # answered before routing (edge.py); the handlers below document them and serve the
 # paths' other spellings (a trailing slash)
 EDGE_ROUTES = {
-    "heartbeat": EdgeRoute(msgspec.json.Decoder(Heartbeat), heartbeat_reply, allow_finished=True),
+    "heartbeat": EdgeRoute(msgspec.json.Decoder(Heartbeat), heartbeat_reply, allow_finished=True, sync=True),
     "sensor": EdgeRoute(msgspec.json.Decoder(SensorBatch), sensor_ack),
     "log": EdgeRoute(msgspec.json.Decoder(LogBatch), log_ack),
 }
@@ -122,7 +122,7 @@ class AgentController(Controller):
           dto=FastBody[Heartbeat], return_dto=None)
     async def heartbeat(self, request: Request, run_id: FromPath[int], data: JSONBody[Heartbeat]) -> HeartbeatReply:
         auth = await agent_auth(request, run_id, allow_finished=True)
-        return await heartbeat_reply(runtime(request), run_id, auth, data)
+        return heartbeat_reply(runtime(request), run_id, auth, data)
 
     @post(RUN + "/log", status_code=200, summary="A batch of log lines", dto=FastBody[LogBatch], return_dto=None)
     async def log(self, request: Request, run_id: FromPath[int], data: JSONBody[LogBatch]) -> BatchAck:

@@ -105,14 +105,17 @@ class VettingApp(Litestar):
 
     rt: Runtime
 
+    def edge_route(self, path: str) -> tuple[int, edge.EdgeRoute] | None:
+        """(run id, route) when ``path`` is one of the hot agent routes' (a POST)."""
+        m = edge.PATH.fullmatch(path)
+        route = EDGE_ROUTES.get(m[2]) if m is not None else None
+        return None if route is None else (int(m[1]), route)
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            m = edge.PATH.fullmatch(scope["path"])
-            route = EDGE_ROUTES.get(m[2]) if m is not None else None
-            if route is not None:
-                rt = self.rt
-                await edge.answer(rt, scope, receive, send, int(m[1]), route, rt.settings.server.max_agent_body_bytes)
-                return
+        if scope["type"] == "http" and scope["method"] == "POST" and (hit := self.edge_route(scope["path"])) is not None:
+            rt = self.rt
+            await edge.answer(rt, scope, receive, send, *hit, rt.settings.server.max_agent_body_bytes)
+            return
         await super().__call__(scope, receive, send)
 
 

@@ -46,23 +46,39 @@ async def agent_auth(request: Any, run_id: int, *, allow_finished: bool = False)
     return auth
 
 
-async def authenticate_run(rt: Runtime, token: str | None, run_id: int, *, allow_finished: bool = False) -> RunAuth:
-    """The run that ``token`` opens, or the :class:`ApiError` to answer (401/403)."""
+def cached_run_auth(rt: Runtime, token: str | None, run_id: int, *, allow_finished: bool = False) -> RunAuth | None:
+    """:func:`authenticate_run` without awaiting: the run from the cache when ``token``
+    opens it, None when only the database can tell (a cache miss or another token).
+    Raises the same errors for a missing token and a finished run."""
     if token is None:
         raise unauthorized("missing run token: send 'Authorization: Bearer <run token>'")
+    auth = rt.runs.get(run_id)
+    if auth is None or not hmac.compare_digest(token_hash(token), auth.token_hash):
+        return None
+    return _live(auth, allow_finished)
+
+
+async def authenticate_run(rt: Runtime, token: str | None, run_id: int, *, allow_finished: bool = False) -> RunAuth:
+    """The run that ``token`` opens, or the :class:`ApiError` to answer (401/403)."""
+    auth = cached_run_auth(rt, token, run_id, allow_finished=allow_finished)
+    if auth is not None:
+        return auth
+    assert token is not None
     h = token_hash(token)
-    auth = await rt.run_auth(run_id)
-    if auth is not None and not hmac.compare_digest(h, auth.token_hash):
-        auth = await rt.refresh_run(run_id)  # rotated by another replica or a host-mode pickup?
+    auth = await rt.refresh_run(run_id)  # not cached yet, or rotated by another replica or a host-mode pickup?
     if auth is None or not hmac.compare_digest(h, auth.token_hash):
         other = await rt.db.fetchval("SELECT id FROM runs WHERE agent_token_hash = $1", h)
         if other is not None and int(other) != run_id:
             raise forbidden(f"this token belongs to run {other}, not to run {run_id}")
         raise unauthorized(f"invalid token for run {run_id}")
+    return _live(auth, allow_finished)
+
+
+def _live(auth: RunAuth, allow_finished: bool) -> RunAuth:
     if auth.state in TERMINAL_VALUES:
         done = auth.completed_at
         if not (allow_finished and done is not None and (utcnow() - done).total_seconds() < HEARTBEAT_GRACE_S):
-            raise forbidden(f"run {run_id} is finished ({auth.state}); its token is no longer accepted")
+            raise forbidden(f"run {auth.run_id} is finished ({auth.state}); its token is no longer accepted")
     return auth
 
 

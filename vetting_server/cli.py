@@ -77,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = create_app(settings)
     _tune_interpreter()
-    loop, http = "asyncio", "h11"
+    loop, http = "asyncio", "h11"  # http: a protocol name or class
     try:
         import uvloop  # noqa: F401
 
@@ -85,9 +85,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError:
         pass
     try:
-        import httptools  # noqa: F401
+        from .edge_http import EdgeProtocol  # httptools, answering the hot agent routes itself
 
-        http = "httptools"
+        http = EdgeProtocol
     except ImportError:
         pass
     config = uvicorn.Config(

@@ -4,8 +4,10 @@ Every agent heartbeats every few seconds and streams sensor and log batches for 
 whole run: at 10,000 agents these requests are nearly all the server's traffic, and
 Litestar's per-request machinery (router, middleware stack, request object, guards
 that copy their handler, kwargs model, response object) cost more than the work.
-:class:`.app.VettingApp` hands them to :func:`answer` as a bare ASGI exchange.
-Measured with ``bench/ingest.py`` (docs/api.md, "Measured").
+:class:`.app.VettingApp` hands them to :func:`answer` as a bare ASGI exchange, and
+under ``vetting serve`` :class:`.edge_http.EdgeProtocol` answers them before ASGI
+(:func:`reply`, or :func:`reply_now` when nothing needs awaiting). Measured with
+``bench/ingest.py`` (docs/api.md, "Measured").
 
 The semantics are the routed handlers' (which stay, for the OpenAPI document and the
 path's other spellings): the run token first (401/403), then the body limit (413), a
@@ -23,7 +25,7 @@ import structlog
 
 from vetting_core.protocol import ErrorBody
 
-from .auth import authenticate_run, parse_bearer
+from .auth import authenticate_run, cached_run_auth, parse_bearer
 from .errors import ApiError
 from .runtime import RunAuth, Runtime
 
@@ -36,48 +38,106 @@ _encode = msgspec.json.Encoder().encode
 
 class EdgeRoute(NamedTuple):
     decoder: msgspec.json.Decoder  # of the request body's Struct
-    handle: Callable[[Runtime, int, RunAuth, Any], Awaitable[Any]]  # (rt, run_id, auth, body) -> reply Struct
+    handle: Callable[[Runtime, int, RunAuth, Any], Any]  # (rt, run_id, auth, body) -> reply Struct (awaitable unless sync)
     allow_finished: bool = False  # a finished run's token is accepted (heartbeat: the grace period)
+    sync: bool = False  # handle returns the reply itself: answered without a task when the run is cached
+
+
+class Reply(NamedTuple):
+    status: int
+    payload: bytes  # JSON
+    headers: list[tuple[bytes, bytes]]  # beyond content-type and content-length
+
+
+class _Gone(Exception):
+    """The client went away before its body arrived: nothing to answer."""
+
+
+def request_headers(headers: Any) -> tuple[str | None, bytes | None]:
+    """The bearer token and the content-length of a request's raw (lowercased) headers."""
+    token = length = None
+    for k, v in headers:
+        if k == b"authorization":
+            token = parse_bearer(v.decode("latin-1"))
+        elif k == b"content-length":
+            length = v
+    return token, length
+
+
+def _too_large(max_body: int) -> ApiError:
+    return ApiError(413, f"request body too large (limit {max_body} bytes)")
+
+
+def _decode(route: EdgeRoute, path: str, body: bytes | bytearray | None, max_body: int) -> Any:
+    if body is None:
+        raise _too_large(max_body)
+    try:
+        return route.decoder.decode(body or b"{}")
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, f"Validation failed for POST {path}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"malformed JSON body: {exc}") from None
+
+
+def _error(path: str, exc: Exception) -> Reply:
+    if isinstance(exc, ApiError):
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+        return Reply(exc.status_code, _encode(ErrorBody(status_code=exc.status_code, detail=exc.detail, extra=exc.extra)), headers)
+    log.exception("request.failed", path=path, error=f"{type(exc).__name__}: {exc}")
+    return Reply(500, _encode(ErrorBody(status_code=500, detail=f"internal error: {type(exc).__name__}; see the server log")), [])
+
+
+def reply_now(rt: Runtime, path: str, run_id: int, route: EdgeRoute, token: str | None,
+              body: bytes | bytearray | None, max_body: int) -> Reply | None:
+    """The reply, when it needs no awaiting (a sync route of a cached run with the right
+    token, or a missing token); None: ask :func:`reply`. ``body`` None: over the limit."""
+    if not route.sync:
+        return None
+    try:
+        auth = cached_run_auth(rt, token, run_id, allow_finished=route.allow_finished)
+        if auth is None:
+            return None
+        return Reply(200, _encode(route.handle(rt, run_id, auth, _decode(route, path, body, max_body))), [])
+    except Exception as exc:
+        return _error(path, exc)
+
+
+async def reply(rt: Runtime, path: str, run_id: int, route: EdgeRoute, token: str | None, length: bytes | None,
+                read_body: Callable[[], Awaitable[bytes | bytearray | None]], max_body: int) -> Reply:
+    """Authenticate, then read (``read_body``: None when over the limit), decode and
+    answer one request to ``route`` of run ``run_id``."""
+    try:
+        auth = await authenticate_run(rt, token, run_id, allow_finished=route.allow_finished)
+        if length is not None and length.isdigit() and int(length) > max_body:
+            raise _too_large(max_body)
+        result = route.handle(rt, run_id, auth, _decode(route, path, await read_body(), max_body))
+        return Reply(200, _encode(result if route.sync else await result), [])
+    except _Gone:
+        raise
+    except Exception as exc:
+        return _error(path, exc)
 
 
 async def answer(rt: Runtime, scope: Any, receive: Any, send: Any, run_id: int, route: EdgeRoute, max_body: int) -> None:
-    """Read, authenticate, decode and answer one request to ``route`` of run ``run_id``."""
-    headers: list[tuple[bytes, bytes]] = []
-    try:
-        token = length = None
-        for k, v in scope["headers"]:
-            if k == b"authorization":
-                token = parse_bearer(v.decode("latin-1"))
-            elif k == b"content-length":
-                length = v
-        auth = await authenticate_run(rt, token, run_id, allow_finished=route.allow_finished)
-        if length is not None and length.isdigit() and int(length) > max_body:
-            raise ApiError(413, f"request body too large (limit {max_body} bytes)")
+    """:func:`reply` as a bare ASGI exchange."""
+
+    async def read_body() -> bytearray | None:
         body = bytearray()
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
-                return
+                raise _Gone
             body += msg.get("body", b"")
             if len(body) > max_body:
-                raise ApiError(413, f"request body too large (limit {max_body} bytes)")
+                return None
             if not msg.get("more_body"):
-                break
-        try:
-            data = route.decoder.decode(body or b"{}")
-        except msgspec.ValidationError as exc:
-            raise ApiError(400, f"Validation failed for POST {scope['path']}: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise ApiError(400, f"malformed JSON body: {exc}") from None
-        status, payload = 200, _encode(await route.handle(rt, run_id, auth, data))
-    except ApiError as exc:
-        status = exc.status_code
-        payload = _encode(ErrorBody(status_code=status, detail=exc.detail, extra=exc.extra))
-        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-    except Exception as exc:
-        log.exception("request.failed", path=scope["path"], error=f"{type(exc).__name__}: {exc}")
-        status = 500
-        payload = _encode(ErrorBody(status_code=500, detail=f"internal error: {type(exc).__name__}; see the server log"))
+                return body
+
+    token, length = request_headers(scope["headers"])
+    try:
+        status, payload, headers = await reply(rt, scope["path"], run_id, route, token, length, read_body, max_body)
+    except _Gone:
+        return
     await send({
         "type": "http.response.start", "status": status,
         "headers": [_JSON, (b"content-length", str(len(payload)).encode()), *headers],

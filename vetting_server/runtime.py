@@ -220,12 +220,6 @@ class Runtime:
             self.engines.pop(run_id, None)
         return auth
 
-    async def run_auth(self, run_id: int) -> RunAuth | None:
-        auth = self.runs.get(run_id)
-        if auth is None:
-            auth = await self.refresh_run(run_id)
-        return auth
-
     def changed_now(self) -> Any:
         """Value for ``runs.changed_at`` (set with every version bump)."""
         now = utcnow()

@@ -186,9 +186,39 @@ async def test_openapi_documents_every_protocol_body(env):
     assert body == {"$ref": "#/components/schemas/SensorBatch"}
 
 
-async def test_edge_routes_answer_as_the_routed_handlers_do(env):
+async def test_edge_routes_answer_as_the_routed_handlers_do(env, monkeypatch):
     """``/heartbeat``, ``/sensor`` and ``/log`` are answered before routing (edge.py);
     their trailing-slash spellings go through the routed handlers. Both must agree."""
+    asgi = _count_asgi_edge(monkeypatch)
+    await _edge_agrees_with_router(env)
+    assert asgi == {"heartbeat": 6, "sensor": 7, "log": 6}
+
+
+async def test_edge_protocol_answers_as_the_routed_handlers_do(socket_env, monkeypatch):
+    """Under uvicorn with :class:`EdgeProtocol` (``vetting serve``), the hot routes are
+    answered by the protocol itself, not by the ASGI edge; the replies are the same."""
+    asgi = _count_asgi_edge(monkeypatch)
+    await _edge_agrees_with_router(socket_env)
+    assert asgi == {}
+
+
+def _count_asgi_edge(monkeypatch) -> dict[str, int]:
+    """Counts the requests that reach :func:`vetting_server.edge.answer` (the ASGI edge), by route."""
+    from vetting_server import edge
+
+    seen: dict[str, int] = {}
+    real = edge.answer
+
+    async def counting(rt, scope, receive, send, run_id, route, max_body):
+        name = scope["path"].rsplit("/", 1)[1]
+        seen[name] = seen.get(name, 0) + 1
+        await real(rt, scope, receive, send, run_id, route, max_body)
+
+    monkeypatch.setattr(edge, "answer", counting)
+    return seen
+
+
+async def _edge_agrees_with_router(env) -> None:
     run_id, tok = await env.running()
     _, other_tok = await env.running("node-b", "aa:bb:cc:00:00:0b")
     cases = {

@@ -1,0 +1,144 @@
+"""uvicorn's httptools protocol, answering the hot agent routes itself (``vetting serve``).
+
+Under plain ASGI each request costs uvicorn a scope, a request/response cycle, a task,
+the proxy-headers middleware and two socket writes (status line and headers, then the
+body: two TCP segments on the wire). At 1,000 heartbeats per second that was ~360 µs
+of the server's CPU per heartbeat on this 2-core machine (``bench/ingest.py``,
+"heartbeats alone"). :class:`EdgeProtocol` takes a ``POST`` to a hot route
+(:mod:`.edge`) from the parser's callbacks, buffers its body (up to the agent body
+limit) and answers with one write: a heartbeat of a cached run right away, in the
+parser callback (:func:`.edge.reply_now`); anything that must await (a sensor batch
+waits for its commit; a run not cached yet) in a task of its own, which uvicorn's
+shutdown waits for like its own.
+
+Everything else (other paths and methods, HTTP/1.0, ``Connection: close``,
+``Expect: 100-continue``, upgrades, a request pipelined behind one in flight) goes the
+ordinary way, where :class:`.app.VettingApp` still answers the hot routes before its
+router. The replies are the same either way (``tests/server/test_edge_http.py``).
+"""
+
+from __future__ import annotations
+
+import http
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from . import edge
+from .app import VettingApp
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(code).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {code} {phrase}\r\n".encode()
+
+
+_STATUS = {code: _status_line(code) for code in (200, 400, 401, 403, 404, 409, 413, 422, 500, 503)}
+
+
+class _NoEvent:
+    """uvicorn's protocol sets its cycle's message event when the connection drops."""
+
+    @staticmethod
+    def set() -> None:
+        pass
+
+
+class _EdgeRequest:
+    """A hot-route request in flight. It stands in for uvicorn's request/response cycle,
+    whose flags the protocol reads and sets meanwhile (a pipelined request waits behind
+    it; a dropped connection marks it disconnected; shutdown clears ``keep_alive``)."""
+
+    __slots__ = ("run_id", "route", "path", "token", "body", "response_complete", "disconnected", "keep_alive")
+    message_event = _NoEvent
+
+    def __init__(self, run_id: int, route: edge.EdgeRoute, path: str, token: str | None) -> None:
+        self.run_id, self.route, self.path, self.token = run_id, route, path, token
+        self.body: bytearray | None = bytearray()  # None: over the limit (the rest is dropped)
+        self.response_complete = self.disconnected = False
+        self.keep_alive = True
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    """Pass as ``uvicorn.Config(http=EdgeProtocol)`` with a :class:`.app.VettingApp`."""
+
+    def __init__(self, config: Any, *args: Any, **kw: Any) -> None:
+        super().__init__(config, *args, **kw)
+        app = config.app
+        self._app = app if isinstance(app, VettingApp) else None
+
+    # ------------------------------------------------------------ parser callbacks
+    def on_headers_complete(self) -> None:
+        req = self._edge_request()
+        if req is None:
+            super().on_headers_complete()
+        else:
+            self.cycle = req  # type: ignore[assignment]
+
+    def on_body(self, body: bytes) -> None:
+        req = self.cycle
+        if type(req) is not _EdgeRequest:
+            super().on_body(body)
+        elif req.body is not None:
+            req.body += body
+            if len(req.body) > self._app.rt.settings.server.max_agent_body_bytes:  # type: ignore[union-attr]
+                req.body = None
+
+    def on_message_complete(self) -> None:
+        req = self.cycle
+        if type(req) is not _EdgeRequest:
+            super().on_message_complete()
+            return
+        rt = self._app.rt  # type: ignore[union-attr]
+        max_body = rt.settings.server.max_agent_body_bytes
+        now = edge.reply_now(rt, req.path, req.run_id, req.route, req.token, req.body, max_body)
+        if now is not None:
+            self._send(req, now)
+            return
+        task = self.loop.create_task(self._answer(req, rt, max_body))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    # ------------------------------------------------------------------ the edge
+    def _edge_request(self) -> _EdgeRequest | None:
+        cycle, parser = self.cycle, self.parser
+        if (
+            self._app is None
+            or (cycle is not None and not cycle.response_complete)  # pipelined behind one in flight
+            or self.expect_100_continue
+            or parser.get_method() != b"POST"
+            or parser.get_http_version() != "1.1"
+            or not parser.should_keep_alive()
+            or parser.should_upgrade()
+        ):
+            return None
+        path = self.url.decode("latin-1")
+        hit = self._app.edge_route(path)
+        if hit is None:
+            return None
+        token, _ = edge.request_headers(self.headers)
+        return _EdgeRequest(hit[0], hit[1], path, token)
+
+    async def _answer(self, req: _EdgeRequest, rt: Any, max_body: int) -> None:
+        async def read_body() -> bytearray | None:
+            return req.body
+
+        self._send(req, await edge.reply(rt, req.path, req.run_id, req.route, req.token, None, read_body, max_body))
+
+    def _send(self, req: _EdgeRequest, reply: edge.Reply) -> None:
+        req.response_complete = True
+        transport = self.transport
+        if not req.disconnected and not transport.is_closing():
+            status, payload, headers = reply
+            out = [_STATUS.get(status) or _status_line(status)]
+            for k, v in (*self.server_state.default_headers, *headers):
+                out += (k, b": ", v, b"\r\n")
+            out.append(b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(payload))
+            out.append(payload)
+            transport.write(b"".join(out))
+            if not req.keep_alive:
+                transport.close()
+        self.on_response_complete()
