@@ -17,9 +17,11 @@ What it does:
 4. prints: samples judged+stored per second, heartbeat p50/p99 latency, 5xx count,
    rows in the database vs samples acknowledged, and — in the same run — the rate of
    plain ``sqlite3.executemany`` inserting the same rows into a fresh file with the same
-   schema and indexes, and the ratio; and the CPU the server process and its SQLite
-   writer process used during ingest, per sample (a figure the machine's load moves
-   far less than throughput: use it to compare two versions).
+   schema and indexes, and the ratio; and the CPU the server process, its SQLite
+   writer process and this client (both its processes) used during ingest, per sample
+   (a figure the machine's load moves far less than throughput: use it to compare two
+   versions; the client's share is what real agents, on their own machines, would not
+   take from the server); with ``--hb-only``, the server's CPU per heartbeat alone.
 
 The client is a minimal HTTP/1.1 keep-alive client on asyncio (httpx would be the
 bottleneck), and each sensor agent's batches are encoded before the timed phase (a real
@@ -37,6 +39,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import random
+import resource
 import sqlite3
 import statistics
 import sys
@@ -298,6 +301,13 @@ def cpu_seconds(pid: int) -> dict[str, float]:
     return out
 
 
+def client_cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (the heartbeat process,
+    once joined; the server is a child too, but not a finished one)."""
+    me, done = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + done.ru_utime + done.ru_stime
+
+
 def raw_sqlite_rate(n_rows: int, batch: int) -> float:
     """Plain sqlite3.executemany of the same rows into a fresh file with the same schema."""
     from vetting_server.migrate import available, render
@@ -364,9 +374,9 @@ def main() -> int:
             hb0 = cpu_seconds(srv.proc.pid)
             quiet = asyncio.run(load(srv, runs, args, sensors=False, duration=args.hb_only))
             hb_cpu = cpu_seconds(srv.proc.pid)["server"] - hb0["server"]
-        cpu0 = cpu_seconds(srv.proc.pid)
+        cpu0, client0 = cpu_seconds(srv.proc.pid), client_cpu_seconds()
         st = asyncio.run(load_split(srv, runs, args))
-        cpu1 = cpu_seconds(srv.proc.pid)
+        cpu1, client1 = cpu_seconds(srv.proc.pid), client_cpu_seconds()
     db = sqlite3.connect(str(srv.db_path))
     rows = db.execute("SELECT count(*) FROM measurements").fetchone()[0]
     evals = db.execute("SELECT count(*) FROM threshold_evaluations").fetchone()[0]
@@ -391,6 +401,7 @@ def main() -> int:
               f"p99 {q[98] * 1000:.1f} ms, max {hb[-1] * 1000:.1f} ms")
     if st["acked"]:
         used = {k: v - cpu0.get(k, 0.0) for k, v in cpu1.items()}  # a writer started meanwhile counts from 0
+        used["client"] = client1 - client0
         print("CPU during ingest: " + ", ".join(
             f"{k} {v / st['elapsed'] * 100:.0f}% of a core ({v / st['acked'] * 1e6:.2f} µs per sample)" for k, v in used.items()))
     print(f"errors: 5xx {st['5xx'] + st['hb_5xx']}, 4xx {st['4xx']}, duplicates {st['dups']}")
