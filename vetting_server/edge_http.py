@@ -5,8 +5,9 @@ the proxy-headers middleware and two socket writes (status line and headers, the
 body: two TCP segments on the wire). At 1,000 heartbeats per second that was ~360 µs
 of the server's CPU per heartbeat on this 2-core machine (``bench/ingest.py``,
 "heartbeats alone"). :class:`EdgeProtocol` takes a ``POST`` to a hot route
-(:mod:`.edge`) from the parser's callbacks, buffers its body (up to the agent body
-limit) and answers with one write: a heartbeat of a cached run right away, in the
+(:mod:`.edge`) from the parser's callbacks, buffers its body (past the agent body
+limit the 413 goes out at once and the rest is dropped as it arrives) and answers with
+one write: a heartbeat of a cached run right away, in the
 parser callback (:func:`.edge.reply_now`); anything that must await (a sensor batch
 waits for its commit; a run not cached yet) in a task of its own, which uvicorn's
 shutdown waits for like its own.
@@ -52,13 +53,13 @@ class _EdgeRequest:
     whose flags the protocol reads and sets meanwhile (a pipelined request waits behind
     it; a dropped connection marks it disconnected; shutdown clears ``keep_alive``)."""
 
-    __slots__ = ("run_id", "route", "path", "token", "body", "response_complete", "disconnected", "keep_alive")
+    __slots__ = ("run_id", "route", "path", "token", "body", "dispatched", "response_complete", "disconnected", "keep_alive")
     message_event = _NoEvent
 
     def __init__(self, run_id: int, route: edge.EdgeRoute, path: str, token: str | None) -> None:
         self.run_id, self.route, self.path, self.token = run_id, route, path, token
         self.body: bytearray | None = bytearray()  # None: over the limit (the rest is dropped)
-        self.response_complete = self.disconnected = False
+        self.dispatched = self.response_complete = self.disconnected = False
         self.keep_alive = True
 
 
@@ -75,8 +76,10 @@ class EdgeProtocol(HttpToolsProtocol):
         req = self._edge_request()
         if req is None:
             super().on_headers_complete()
-        else:
-            self.cycle = req  # type: ignore[assignment]
+            return
+        self.cycle = req  # type: ignore[assignment]
+        if req.body is None:  # declared over the limit: answered now (after the token check)
+            self._dispatch(req)
 
     def on_body(self, body: bytes) -> None:
         req = self.cycle
@@ -84,25 +87,21 @@ class EdgeProtocol(HttpToolsProtocol):
             super().on_body(body)
         elif req.body is not None:
             req.body += body
-            if len(req.body) > self._app.rt.settings.server.max_agent_body_bytes:  # type: ignore[union-attr]
-                req.body = None
+            if len(req.body) > self._max_body():
+                req.body = None  # answered now; the rest of the body is dropped as it arrives
+                self._dispatch(req)
 
     def on_message_complete(self) -> None:
         req = self.cycle
         if type(req) is not _EdgeRequest:
             super().on_message_complete()
-            return
-        rt = self._app.rt  # type: ignore[union-attr]
-        max_body = rt.settings.server.max_agent_body_bytes
-        now = edge.reply_now(rt, req.path, req.run_id, req.route, req.token, req.body, max_body)
-        if now is not None:
-            self._send(req, now)
-            return
-        task = self.loop.create_task(self._answer(req, rt, max_body))
-        task.add_done_callback(self.tasks.discard)
-        self.tasks.add(task)
+        elif not req.dispatched:
+            self._dispatch(req)
 
     # ------------------------------------------------------------------ the edge
+    def _max_body(self) -> int:
+        return self._app.rt.settings.server.max_agent_body_bytes  # type: ignore[union-attr]
+
     def _edge_request(self) -> _EdgeRequest | None:
         cycle, parser = self.cycle, self.parser
         if (
@@ -119,8 +118,22 @@ class EdgeProtocol(HttpToolsProtocol):
         hit = self._app.edge_route(path)
         if hit is None:
             return None
-        token, _ = edge.request_headers(self.headers)
-        return _EdgeRequest(hit[0], hit[1], path, token)
+        token, length = edge.request_headers(self.headers)
+        req = _EdgeRequest(hit[0], hit[1], path, token)
+        if length is not None and length.isdigit() and int(length) > self._max_body():
+            req.body = None
+        return req
+
+    def _dispatch(self, req: _EdgeRequest) -> None:
+        req.dispatched = True
+        rt, max_body = self._app.rt, self._max_body()  # type: ignore[union-attr]
+        now = edge.reply_now(rt, req.path, req.run_id, req.route, req.token, req.body, max_body)
+        if now is not None:
+            self._send(req, now)
+            return
+        task = self.loop.create_task(self._answer(req, rt, max_body))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
 
     async def _answer(self, req: _EdgeRequest, rt: Any, max_body: int) -> None:
         async def read_body() -> bytearray | None:

@@ -70,9 +70,18 @@ async def test_pipelined_keepalive_close_and_http10_on_the_edge_protocol(socket_
         assert "date" in h1 and "server" in h1
         assert json.loads(b2) == {"seq": 1, "stored": 3, "duplicate": False, "breaches": 0}
         assert json.loads(b3)["state"] == "Running"
-        # an oversized body is refused and the connection stays usable
+        # an oversized body is refused as soon as it is known to be (by its declared length,
+        # before the body; or once too much has arrived) and the connection stays usable
         big = b'{"message": "' + b"x" * (2 << 20) + b'"}'
-        await s.send(_request(hb, tok, big))
+        head, rest = _request(hb, tok, big)[:-len(big)], big
+        await s.send(head + rest[:1000])
+        [(st, _, body)] = await _responses(s, 1)
+        assert st == 413 and "too large" in json.loads(body)["detail"]
+        await s.send(rest[1000:] + _request(hb, tok, b"{}"))
+        [(st, _, _)] = await _responses(s, 1)
+        assert st == 200
+        chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(big), big)
+        await s.send(_request(hb, tok, b"").replace(b"Content-Length: 0", b"Transfer-Encoding: chunked") + chunked)
         [(st, _, body)] = await _responses(s, 1)
         assert st == 413 and "too large" in json.loads(body)["detail"]
         # a retried batch is stored once, on the same connection
