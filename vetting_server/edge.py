@@ -64,6 +64,11 @@ def request_headers(headers: Any) -> tuple[str | None, bytes | None]:
     return token, length
 
 
+def declared_too_large(length: bytes | None, max_body: int) -> bool:
+    """A request's content-length header says its body is over the limit."""
+    return length is not None and length.isdigit() and int(length) > max_body
+
+
 def _too_large(max_body: int) -> ApiError:
     return ApiError(413, f"request body too large (limit {max_body} bytes)")
 
@@ -102,14 +107,12 @@ def reply_now(rt: Runtime, path: str, run_id: int, route: EdgeRoute, token: str 
         return _error(path, exc)
 
 
-async def reply(rt: Runtime, path: str, run_id: int, route: EdgeRoute, token: str | None, length: bytes | None,
+async def reply(rt: Runtime, path: str, run_id: int, route: EdgeRoute, token: str | None,
                 read_body: Callable[[], Awaitable[bytes | bytearray | None]], max_body: int) -> Reply:
     """Authenticate, then read (``read_body``: None when over the limit), decode and
     answer one request to ``route`` of run ``run_id``."""
     try:
         auth = await authenticate_run(rt, token, run_id, allow_finished=route.allow_finished)
-        if length is not None and length.isdigit() and int(length) > max_body:
-            raise _too_large(max_body)
         result = route.handle(rt, run_id, auth, _decode(route, path, await read_body(), max_body))
         return Reply(200, _encode(result if route.sync else await result), [])
     except _Gone:
@@ -122,6 +125,8 @@ async def answer(rt: Runtime, scope: Any, receive: Any, send: Any, run_id: int, 
     """:func:`reply` as a bare ASGI exchange."""
 
     async def read_body() -> bytearray | None:
+        if declared_too_large(length, max_body):
+            return None  # not read: the 413 goes out now
         body = bytearray()
         while True:
             msg = await receive()
@@ -135,7 +140,7 @@ async def answer(rt: Runtime, scope: Any, receive: Any, send: Any, run_id: int, 
 
     token, length = request_headers(scope["headers"])
     try:
-        status, payload, headers = await reply(rt, scope["path"], run_id, route, token, length, read_body, max_body)
+        status, payload, headers = await reply(rt, scope["path"], run_id, route, token, read_body, max_body)
     except _Gone:
         return
     await send({

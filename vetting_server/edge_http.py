@@ -37,7 +37,7 @@ def _status_line(code: int) -> bytes:
     return f"HTTP/1.1 {code} {phrase}\r\n".encode()
 
 
-_STATUS = {code: _status_line(code) for code in (200, 400, 401, 403, 404, 409, 413, 422, 500, 503)}
+_STATUS = {code: _status_line(code) for code in range(100, 600)}
 
 
 class _NoEvent:
@@ -120,7 +120,7 @@ class EdgeProtocol(HttpToolsProtocol):
             return None
         token, length = edge.request_headers(self.headers)
         req = _EdgeRequest(hit[0], hit[1], path, token)
-        if length is not None and length.isdigit() and int(length) > self._max_body():
+        if edge.declared_too_large(length, self._max_body()):
             req.body = None
         return req
 
@@ -139,14 +139,14 @@ class EdgeProtocol(HttpToolsProtocol):
         async def read_body() -> bytearray | None:
             return req.body
 
-        self._send(req, await edge.reply(rt, req.path, req.run_id, req.route, req.token, None, read_body, max_body))
+        self._send(req, await edge.reply(rt, req.path, req.run_id, req.route, req.token, read_body, max_body))
 
     def _send(self, req: _EdgeRequest, reply: edge.Reply) -> None:
         req.response_complete = True
         transport = self.transport
         if not req.disconnected and not transport.is_closing():
             status, payload, headers = reply
-            out = [_STATUS.get(status) or _status_line(status)]
+            out = [_STATUS[status]]
             for k, v in (*self.server_state.default_headers, *headers):
                 out += (k, b": ", v, b"\r\n")
             out.append(b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(payload))
