@@ -222,29 +222,37 @@ class Ingest:
     # ---------------------------------------------------------------- the writer
     async def run(self) -> None:
         db = self.rt.db
+        depth = 1
         if self.dialect == "sqlite" and self.rt.settings.database.writer_process:
             self._writer = WriterProcess(str(db.path), db.busy_timeout_ms)
+            depth = 2  # one group sent while the process commits the one before (WriterProcess)
         try:
-            await self._serve()
+            await self._serve(depth)
         finally:
             if self._writer is not None:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self._writer.close)
 
-    async def _serve(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            while self._queue:
+    async def _serve(self, depth: int) -> None:
+        """Write what is queued in groups, up to ``depth`` groups in flight. A group is
+        taken when a slot is free, so it holds everything queued by then (up to
+        ``MAX_GROUP_ROWS``)."""
+        slots = anyio.Semaphore(depth)
+        async with anyio.create_task_group() as tg:
+            while True:
+                await slots.acquire()
+                while not self._queue:
+                    await self._wake.wait()
+                    self._wake = anyio.Event()
                 group: list[_Item] = []
                 n = 0
                 while self._queue and n < MAX_GROUP_ROWS:
                     item = self._queue.popleft()
                     group.append(item)
                     n += len(item.rows)
-                await self._write_group(group)
+                tg.start_soon(self._write_group, group, slots)
 
-    async def _write_group(self, group: list[_Item]) -> None:
+    async def _write_group(self, group: list[_Item], slot: anyio.Semaphore) -> None:
         try:
             await self._write(group)
         except Exception as exc:
@@ -263,6 +271,7 @@ class Ingest:
             self.stats["groups"] += 1
             self.stats["batches"] += len(group)
         finally:
+            slot.release()
             for item in group:
                 item.done.set()
 

@@ -27,6 +27,7 @@ import struct
 import subprocess
 import sys
 import threading
+from collections import deque
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -157,23 +158,53 @@ class WriterGone(RuntimeError):
     """The writer process died or could not be started."""
 
 
+class _Channel:
+    """One writer process, and the reply slots of the groups sent to it that it has not
+    answered yet, oldest first (it answers in order)."""
+
+    __slots__ = ("proc", "pending", "gone")
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.pending: deque[list[Any]] = deque()
+        self.gone: str | None = None  # why it can answer no more (set by the reader)
+
+
 class WriterProcess:
     """The server's handle on the writer process. :meth:`write` blocks (call it from a
-    worker thread, one at a time); a process that died is started again on the next
-    call, so a crash costs the group in flight (its requests get an error and the
-    agents retry; a batch that did commit is then recognised as a duplicate)."""
+    worker thread). Two threads may call it at once: a group is sent while the process
+    still commits the one before it, so the process starts on the next group as soon as
+    it has committed one, instead of waiting while the server encodes it and answers the
+    first group's requests (``bench/ingest.py``, 2,000 agents, interleaved: 206k/207k →
+    231k/242k samples/s). Replies come back in order; whichever caller reads one hands
+    it to its own caller. A process that died is started again on the next call, so a
+    crash costs the groups in flight (their requests get an error and the agents retry;
+    a batch that did commit is then recognised as a duplicate)."""
 
     def __init__(self, db_path: str, busy_timeout_ms: int) -> None:
         self.db_path, self.busy_timeout_ms = db_path, busy_timeout_ms
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._chan: _Channel | None = None
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder().decode
-        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()  # one frame at a time into the pipe; guards _chan
+        self._recv_lock = threading.Lock()  # one reader of the replies at a time
 
-    def _ensure(self) -> subprocess.Popen[bytes]:
-        if self.proc is None or self.proc.poll() is not None:
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self._chan is None else self._chan.proc
+
+    def _channel(self) -> _Channel:
+        """The live process (under the send lock), started again if it died. A dead one
+        is retired only when no caller can still be reading its pipe: its reader said
+        it is gone, or nothing was pending on it."""
+        ch = self._chan
+        if ch is not None and (ch.gone is not None or (not ch.pending and ch.proc.poll() is not None)):
+            self._chan = None
+            _stop(ch.proc)
+            ch = None
+        if ch is None:
             try:
-                self.proc = subprocess.Popen(
+                proc = subprocess.Popen(
                     [sys.executable, "-m", "vetting_server.ingest_sqlite", self.db_path, str(self.busy_timeout_ms)],
                     # buffered pipes: a frame is written and read whole (a raw pipe read
                     # may return part of it)
@@ -181,42 +212,55 @@ class WriterProcess:
                 )
             except OSError as exc:
                 raise WriterGone(f"cannot start the ingest writer process: {exc}") from None
-        return self.proc
+            ch = self._chan = _Channel(proc)
+        return ch
 
     def write(self, items: list[Any], now: str) -> tuple[list[bool], int]:
-        with self._lock:
-            proc = self._ensure()
-            assert proc.stdin is not None and proc.stdout is not None
+        body = self._encode([now, items])  # outside the locks: meanwhile the process commits the group before
+        slot: list[Any] = [None]
+        with self._send_lock:
+            ch = self._channel()
+            ch.pending.append(slot)
             try:
-                _write_frame(proc.stdin, self._encode([now, items]))  # type: ignore[arg-type]
-                frame = _read_frame(proc.stdout)  # type: ignore[arg-type]
-            except (BrokenPipeError, OSError) as exc:
-                frame, why = None, str(exc)
-            else:
-                why = "it exited"
-            if frame is None:
-                rc = proc.poll()
-                self.close()
-                raise WriterGone(f"the ingest writer process failed mid-group ({why}; exit status {rc})")
-            reply = self._decode(frame)
-            if reply[0] != "ok":
-                raise sqlite3.DatabaseError(f"ingest writer: {reply[1]}")
-            return [bool(d) for d in reply[1]], int(reply[2])
+                _write_frame(ch.proc.stdin, body)  # type: ignore[arg-type]
+            except OSError:
+                pass  # the process is gone: reading its reply below finds out and says why
+        with self._recv_lock:
+            while slot[0] is None and ch.gone is None:
+                try:
+                    frame, why = _read_frame(ch.proc.stdout), "it exited"  # type: ignore[arg-type]
+                except (OSError, ValueError) as exc:
+                    frame, why = None, str(exc)
+                if frame is None:
+                    ch.gone = f"{why}; exit status {ch.proc.poll()}"
+                else:
+                    ch.pending.popleft()[0] = frame
+        if slot[0] is None:
+            raise WriterGone(f"the ingest writer process failed mid-group ({ch.gone})")
+        reply = self._decode(slot[0])
+        if reply[0] != "ok":
+            raise sqlite3.DatabaseError(f"ingest writer: {reply[1]}")
+        return [bool(d) for d in reply[1]], int(reply[2])
 
     def close(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        try:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            proc.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
-        finally:
-            if proc.stdout is not None:
-                proc.stdout.close()
+        with self._send_lock:
+            ch, self._chan = self._chan, None
+        if ch is not None:
+            _stop(ch.proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a writer process: EOF on its stdin, then wait (kill after 10 s)."""
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 if __name__ == "__main__":

@@ -157,6 +157,56 @@ async def test_writer_process_commits_dedups_reports_errors_and_survives_a_kill(
     assert proc is None or proc.poll() is not None
 
 
+async def test_writer_process_two_groups_in_flight(tmp_path):
+    """Two callers at once (the server sends a group while the process commits the one
+    before): each gets its own group's reply, in the order they were sent; a process
+    killed with both in flight fails both, and the next group starts a new one."""
+    import signal
+
+    from vetting_server.ingest_sqlite import WriterGone, WriterProcess
+
+    db = await _sqlite_schema(tmp_path)
+    w = WriterProcess(str(db.path), 5000)
+    warm_up = iter(range(100, 200))
+
+    async def two_at_once(groups, then):
+        """Send ``groups`` while the process is stopped (both are pending), then ``then()``."""
+        w.write([_item(1, next(warm_up))], "x")  # a live process to stop
+        w.proc.send_signal(signal.SIGSTOP)
+        out = [None] * len(groups)
+
+        async def one(i):
+            try:
+                out[i] = await anyio.to_thread.run_sync(w.write, groups[i], f"2026-12-05T00:00:0{i}Z")
+            except Exception as exc:
+                out[i] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(groups)):
+                tg.start_soon(one, i)
+                with anyio.fail_after(10):
+                    while len(w._chan.pending) < i + 1:  # sent in this order
+                        await anyio.sleep(0.01)
+            then()
+        return out
+
+    try:
+        # the second group retries the first one's batch 1: a duplicate only if it went second
+        first, second = await two_at_once(
+            [[_item(1, 1), _item(1, 2)], [_item(1, 1), _item(1, 3)]], lambda: w.proc.send_signal(signal.SIGCONT)
+        )
+        assert first == ([False, False], 6) and second == ([True, False], 3)
+        pid = w.proc.pid
+        lost = await two_at_once([[_item(1, 4)], [_item(1, 5)]], w.proc.kill)
+        assert all(isinstance(e, WriterGone) and "failed mid-group" in str(e) for e in lost), lost
+        assert w.write([_item(1, 4), _item(1, 5)], "x") == ([False, False], 6) and w.proc.pid != pid
+        rows = await db.fetch("SELECT count(*) AS n FROM measurements")
+        assert rows[0]["n"] == 5 * 3 + 2 * 3  # batches 1..5 and the two warm-up batches
+    finally:
+        w.close()
+        await db.close()
+
+
 async def test_writer_process_stores_numeric_and_text_samples_of_one_group_exactly(tmp_path):
     """Numeric samples go in without the text column, the rest with it (ingest_sqlite)."""
     from vetting_server.ingest_sqlite import WriterProcess
