@@ -12,7 +12,8 @@ Protocol (``python -m vetting_server.ingest_sqlite DB_PATH BUSY_TIMEOUT_MS``): b
 directions carry frames of a 4-byte big-endian length and a msgpack body. A request is
 ``[now_iso, [[run_id, stream, seq, breaches, rows, evals, tallies], ...]]``; the reply
 is ``["ok", [duplicate, ...], rows_stored]`` or ``["error", message]`` (the group was
-rolled back). EOF on stdin ends the process.
+rolled back), one per request, in order (the server may send a request before the
+reply to the last one). EOF on stdin ends the process.
 
 The process opens its own connection with the server's PRAGMAs (WAL, foreign keys,
 ``synchronous = NORMAL``, busy timeout): SQLite serialises it with the server's own
@@ -175,9 +176,9 @@ class WriterProcess:
     worker thread). Two threads may call it at once: a group is sent while the process
     still commits the one before it, so the process starts on the next group as soon as
     it has committed one, instead of waiting while the server encodes it and answers the
-    first group's requests (``bench/ingest.py``, 2,000 agents, interleaved: 206k/207k →
-    231k/242k samples/s). Replies come back in order; whichever caller reads one hands
-    it to its own caller. A process that died is started again on the next call, so a
+    first group's requests (``bench/ingest.py``, 2,000 agents, interleaved with one group
+    in flight: 189k/179k → 212k/192k samples/s). Replies come back in order; whichever
+    caller reads one hands it to its own caller. A process that died is started again on the next call, so a
     crash costs the groups in flight (their requests get an error and the agents retry;
     a batch that did commit is then recognised as a duplicate)."""
 
