@@ -177,10 +177,11 @@ class WriterProcess:
     still commits the one before it, so the process starts on the next group as soon as
     it has committed one, instead of waiting while the server encodes it and answers the
     first group's requests (``bench/ingest.py``, 2,000 agents, interleaved with one group
-    in flight: 189k/179k → 212k/192k samples/s). Replies come back in order; whichever
-    caller reads one hands it to its own caller. A process that died is started again on the next call, so a
-    crash costs the groups in flight (their requests get an error and the agents retry;
-    a batch that did commit is then recognised as a duplicate)."""
+    in flight: 189k/179k → 212k/192k samples/s). The process answers in order: one
+    caller at a time reads replies, each into the slot of the caller it belongs to,
+    until its own has come. A process that died is started again on the next call, so
+    a crash costs the groups in flight (their requests get an error and the agents
+    retry; a batch that did commit is then recognised as a duplicate)."""
 
     def __init__(self, db_path: str, busy_timeout_ms: int) -> None:
         self.db_path, self.busy_timeout_ms = db_path, busy_timeout_ms
