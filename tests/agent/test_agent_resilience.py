@@ -218,6 +218,13 @@ async def test_a_fresh_boot_resumes_the_run_numbering_after_the_server_and_recol
                 tg.cancel_scope.cancel()  # power loss
         first = sqlite3.connect(first_opts.spool_dir / f"run-{run_id}.sqlite")
         delivered = dict(first.execute("SELECT kind, sum(items) FROM outbox WHERE state='acked' GROUP BY kind").fetchall())
+        # A batch in flight at the power loss may have been stored without its ack reaching
+        # the spool. Batches go out in order, so the server holds the acked items plus a
+        # prefix of the pending ones, never anything else.
+        possible = {kind: {delivered.get(kind, 0)} for kind in ("log", "sensor")}
+        for kind, items in first.execute("SELECT kind, items FROM outbox WHERE state='pending' ORDER BY id"):
+            if kind in possible:
+                possible[kind].add(max(possible[kind]) + items)
         first.close()
         second_opts = agent_options(tmp_path / "boot2")
         with anyio.fail_after(40):
@@ -227,7 +234,7 @@ async def test_a_fresh_boot_resumes_the_run_numbering_after_the_server_and_recol
         stages = {s["name"]: s for s in srv.run(run_id)["stages"]}
         assert "cpu" in stages["InvEcho"]["summary"]["inventory_sections"]
         counts = db_counts(srv, run_id)
-        assert counts["log"] == delivered["log"] + outcome.produced["log"]
-        assert counts["sensor"] == delivered.get("sensor", 0) + outcome.produced["sensor"]
+        for kind in ("log", "sensor"):
+            assert counts[kind] - outcome.produced[kind] in possible[kind], (kind, counts, possible)
     finally:
         await anyio.to_thread.run_sync(srv.close)
