@@ -24,26 +24,31 @@ from typing import Any
 import pytest
 
 _SCRIPT = r'''#!{python}
-import json, os, re, sys
+import fcntl, json, os, re, sys
 state = {state!r}
-with open(state) as fh:
-    cfg = json.load(fh)
 line = " ".join(sys.argv[1:])
-with open(state + ".calls", "a") as fh:
-    fh.write(json.dumps(sys.argv[1:]) + "\n")
-for i, (pattern, docs) in enumerate(cfg["rules"]):
-    if re.search(pattern, line):
-        n = cfg["served"].get(str(i), 0)
-        cfg["served"][str(i)] = n + 1
-        with open(state, "w") as fh:
-            json.dump(cfg, fh)
-        doc = docs[min(n, len(docs) - 1)]
-        sys.stdout.write(doc)
-        try:
-            code = json.loads(doc)["smartctl"]["exit_status"]
-        except Exception:
-            code = 0
-        sys.exit(code)
+doc = None
+with open(state + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # the stage reads disks concurrently
+    with open(state) as fh:
+        cfg = json.load(fh)
+    with open(state + ".calls", "a") as fh:
+        fh.write(json.dumps(sys.argv[1:]) + "\n")
+    for i, (pattern, docs) in enumerate(cfg["rules"]):
+        if re.search(pattern, line):
+            n = cfg["served"].get(str(i), 0)
+            cfg["served"][str(i)] = n + 1
+            with open(state, "w") as fh:
+                json.dump(cfg, fh)
+            doc = docs[min(n, len(docs) - 1)]
+            break
+if doc is not None:
+    sys.stdout.write(doc)
+    try:
+        code = json.loads(doc)["smartctl"]["exit_status"]
+    except Exception:
+        code = 0
+    sys.exit(code)
 sys.stdout.write('{{"smartctl": {{"exit_status": 0}}}}')
 '''
 
