@@ -49,17 +49,25 @@ def ata_log_with(doc: dict, status: int, string: str, hours: int) -> dict:
     return out
 
 
-@pytest.mark.anyio
-async def test_sas_self_test_read_from_the_scsi_log(tmp_path, monkeypatch):
-    doc = load("7.4/sas-seagate-st18000nm004j-selftests.json")
+SAS = "7.4/sas-seagate-st18000nm004j-selftests.json"
+
+
+async def sas_self_test(tmp_path, monkeypatch, *polls: tuple[int, str]):
+    """The SAS drive's real capture; each poll answers with a new newest entry (result, string)."""
+    doc = load(SAS)
     fake = FakeSmartctl(tmp_path, monkeypatch)
     fake.answer("--scan-open", {"devices": [{"name": "/dev/sdb", "type": "scsi", "protocol": "SCSI"}]})
     fake.answer(" -x ", doc)
     fake.answer(" -t short ", {"smartctl": {"exit_status": 0}})
-    fake.answer(" -l selftest ", [scsi_log_with(doc, 1, 15, "Self test in progress ...", 1250),
-                                  scsi_log_with(doc, 1, 0, "Completed", 1250)])
+    fake.answer(" -l selftest ", [scsi_log_with(doc, 1, result, string, 1250) for result, string in polls])
     run = await run_stage(SMART_STAGE, params=FAST, inventory={"disks": [{"name": "sdb", "path": "/dev/sdb"}]},
                           workdir=tmp_path / "wd")
+    return run, fake
+
+
+@pytest.mark.anyio
+async def test_sas_self_test_read_from_the_scsi_log(tmp_path, monkeypatch):
+    run, fake = await sas_self_test(tmp_path, monkeypatch, (15, "Self test in progress ..."), (0, "Completed"))
     steps = {s.name: s for s in run.result.substeps}
     assert run.verdict is Verdict.passed, run.reason
     assert steps["sdb:self-test"].state is Verdict.passed
@@ -70,13 +78,7 @@ async def test_sas_self_test_read_from_the_scsi_log(tmp_path, monkeypatch):
 
 @pytest.mark.anyio
 async def test_sas_self_test_failure_fails(tmp_path, monkeypatch):
-    doc = load("7.4/sas-seagate-st18000nm004j-selftests.json")
-    fake = FakeSmartctl(tmp_path, monkeypatch)
-    fake.answer("--scan-open", {"devices": [{"name": "/dev/sdb", "type": "scsi", "protocol": "SCSI"}]})
-    fake.answer(" -x ", doc)
-    fake.answer(" -l selftest ", scsi_log_with(doc, 1, 7, "Failed in segment -->", 1250))
-    run = await run_stage(SMART_STAGE, params=FAST, inventory={"disks": [{"name": "sdb", "path": "/dev/sdb"}]},
-                          workdir=tmp_path / "wd")
+    run, _ = await sas_self_test(tmp_path, monkeypatch, (7, "Failed in segment -->"))
     step = {s.name: s for s in run.result.substeps}["sdb:self-test"]
     assert step.state is Verdict.failed and step.reason == "short self-test: Failed in segment -->"
 
