@@ -297,8 +297,8 @@ async def run(ctx: StageContext) -> None:
         ctx.summary["controllers"] = behind
     done = 0
 
-    async def one(t: dict[str, Any]) -> None:
-        nonlocal done
+    async def health(t: dict[str, Any]) -> dict[str, Any] | None:
+        """The disk's health sub-step; its report when the drive is healthy enough to self-test."""
         async with ctx.substep(t["name"]) as step:
             report, _ = await read_smart(ctx, t["path"], artifact=f"smartctl-{safe_name(t['name'])}", dtype=t["dtype"])
             step.summary.update({k: report.get(k) for k in ("model", "serial", "firmware", "protocol", "device_type",
@@ -307,22 +307,26 @@ async def run(ctx: StageContext) -> None:
             summary[t["name"]] = report.get("verdict")
             if report["verdict"] == "skipped":
                 reason = "; ".join(report["reasons"])
-                if t.get("disk") is not None:
-                    reason = _unreachable(ctx, t, report, reason, behind)
-                step.skip(reason)
-                return
+                step.skip(_unreachable(ctx, t, report, reason, behind) if t.get("disk") is not None else reason)
+                return None
             samples = record_counters(ctx, t["name"], report)
             for w in report.get("warnings", []):
                 ctx.log(f"{t['name']}: {w}", level="warning")
             if report["verdict"] != "passed":
                 step.fail("; ".join(report["reasons"]))
-                return
+                return None
             judge_start(engine, samples, step, ctx)
-            healthy = step.step.state.value == "running"
-        if healthy and self_test in ("short", "long"):
-            await self_test_step(ctx, t, report, self_test)
-        done += 1
-        ctx.progress(done / len(todo), f"SMART: {done} of {len(todo)} disks done")
+            return report if step.step.state.value == "running" else None
+
+    async def one(t: dict[str, Any]) -> None:
+        nonlocal done
+        try:
+            report = await health(t)
+            if report is not None and self_test in ("short", "long"):
+                await self_test_step(ctx, t, report, self_test)
+        finally:
+            done += 1
+            ctx.progress(done / len(todo), f"SMART: {done} of {len(todo)} disks done")
 
     async with anyio.create_task_group() as tg:
         for t in todo:
