@@ -286,33 +286,28 @@ async def test_cancel_mid_stage_aborts_the_agent_promptly(server, registry, tmp_
     assert "abort" in outcome.reason
 
 
-async def test_network_stage_tests_each_nic_against_a_peer_leased_from_the_orchestrator(server, registry, tmp_path):
-    # no params.server: every iperf3 test leases a port of the orchestrator's pool
+async def test_network_stage_never_credits_a_local_peer_to_a_nic(server, registry, tmp_path):
+    """No params.server: each NIC's test leases a port of the orchestrator's iperf3 pool.
+    Here the orchestrator runs on the machine under test, so the leased peer is one of
+    its own addresses: iperf3 would measure loopback (tens of Gbit/s) and credit it to
+    the NIC. Each NIC's sub-step is skipped with that reason instead, and every lease
+    is given back. (Traffic that really crosses a NIC is judged in
+    tests/stages/part2/test_network.py, across a veth pair into a namespace.)"""
     host = new_host(server, spec="params:\n  Network: {duration_s: 1, parallel: 1}\n")
     run_id, token = server.start_run(host["id"], stages=["InventoryCheck", "Network"])
     outcome = await run_connected(coords(server, run_id, token), registry, agent_options(tmp_path))
     detail = server.run(run_id)
     network = {s["name"]: s for s in detail["stages"]}["Network"]
     steps = [s for s in detail["substeps"] if s["stage_name"] == "Network"]
-    assert outcome.verdicts["Network"] == "passed", (network, steps)
-    tested = [s for s in steps if s["state"] == "passed"]
-    assert tested and all(s["name"].startswith("nic:") and s["name"] != "nic:lo" for s in tested), steps
-    assert network["summary"]["tested"] == [s["name"] for s in tested]
-    for step in tested:
-        assert step["summary"]["send"]["throughput_mbps"] > 0 and step["summary"]["receive"]["throughput_mbps"] > 0
-    # the raw iperf3 JSON of every test reached the server before the result (the
-    # live image may power off right after); the files are the ones the stage hashed
-    import hashlib
-
-    raw = [a for a in detail["artifacts"] if a["stage"] == "Network" and a["kind"] == "iperf3-json"]
-    assert len(raw) == 2 * len(tested) and all(a["location"] == "server" for a in raw), raw
-    for a in raw:
-        assert hashlib.sha256(Path(a["path"]).read_bytes()).hexdigest() == a["sha256"]
-        assert Path(a["path"]).is_relative_to(server.data_dir)
-    uploaded = [a for a in detail["artifacts"] if a["stage"] is not None]
-    assert all(a["location"] == "server" for a in uploaded) and outcome.produced["artifact"] == len(uploaded)
-    # one lease per NIC and direction, each given back after its test
+    nics = [s for s in steps if s["name"].startswith("nic:")]
+    if not nics:
+        pytest.skip("this machine has no physical NIC with link up")
+    assert outcome.verdicts["Network"] == "skipped", (network, steps)
+    for step in nics:
+        assert step["state"] == "skipped" and "is an address of this machine" in step["reason"], step
+    assert not [a for a in detail["artifacts"] if a["stage"] == "Network" and a["kind"] == "iperf3-json"]
+    # the peer was leased (the check needs the address the orchestrator hands out) and given back
     log = server.log_tail(2000)
     leased = [line for line in log.splitlines() if "peer.leased" in line and f"run_id={run_id}" in line]
     released = [line for line in log.splitlines() if "peer.released" in line and f"run_id={run_id}" in line]
-    assert len(leased) == len(released) == 2 * len(tested), log
+    assert len(leased) == len(released) == len(nics), log

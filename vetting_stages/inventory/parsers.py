@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from .._common import colon_fields, loads_json, to_float, to_int
+from ..smart.parser import identity
 
 # -- CPU -------------------------------------------------------------------------------
 
@@ -271,9 +272,7 @@ def parse_smartctl_info(text: str) -> dict[str, Any]:
     if status & 0b11 or "device" not in doc:
         return {"error": "; ".join(messages) or f"smartctl exit status {status}"}
     return {
-        "model": doc.get("model_name") or doc.get("product") or "",
-        "serial": doc.get("serial_number", ""),
-        "firmware": doc.get("firmware_version") or doc.get("revision") or "",
+        **identity(doc),  # SCSI fields moved to scsi_model_name/scsi_revision in smartctl 7.3
         "protocol": (doc.get("device") or {}).get("protocol", ""),
         "size_bytes": (doc.get("user_capacity") or {}).get("bytes"),
         "rotation_rate": doc.get("rotation_rate"),

@@ -18,6 +18,13 @@ Parameters:
 
 NIC error counters (``ethtool -S`` names with err/drop/crc/...) are sampled before
 and after each NIC's test; any growth fails the NIC (``nic_counter``, ``delta_lte 0``).
+
+A NIC is judged only on traffic that really crossed it: before each test the peer's
+address must not be one of this machine's own (an orchestrator whose iperf3 pool runs
+on the host under test would otherwise measure loopback, tens of Gbit/s, and credit it
+to the NIC), and the kernel's route to the peer (``ip route get PEER from BIND``) must
+leave through that NIC. Otherwise the NIC's sub-step is skipped with the reason, as in
+local mode.
 """
 
 from __future__ import annotations
@@ -73,6 +80,45 @@ async def ipv4_of(nic: str) -> str | None:
                     return str(addr["local"])
     except (ValueError, AttributeError, KeyError):
         return None
+    return None
+
+
+async def local_addresses() -> set[str] | None:
+    """Every address assigned to this machine (any interface, loopback included), or
+    ``None`` when ``ip`` cannot tell."""
+    try:
+        res = await run_tool(["ip", "-j", "addr", "show"], timeout=10)
+        links = json.loads(res.stdout or "[]")
+    except (ToolNotFound, ValueError):
+        return None
+    return {str(a["local"]) for link in links for a in link.get("addr_info", []) if a.get("local")}
+
+
+async def egress_interface(peer: str, bind: str | None) -> str | None:
+    """The interface the kernel sends traffic for ``peer`` through (from ``bind``)."""
+    argv = ["ip", "-j", "route", "get", peer] + (["from", bind] if bind else [])
+    try:
+        res = await run_tool(argv, timeout=10)
+        routes = json.loads(res.stdout or "[]")
+    except (ToolNotFound, ValueError):
+        return None
+    return str(routes[0].get("dev")) if routes and isinstance(routes[0], dict) and routes[0].get("dev") else None
+
+
+def path_problem(nic: str, peer: str, local: set[str] | None, egress: str | None) -> str | None:
+    """Why a test against ``peer`` would not exercise ``nic`` (None: it would).
+
+    The peer must not be this machine, and the route to it must leave through ``nic``
+    when the kernel can say which interface it uses."""
+    try:
+        addr = ipaddress.ip_address(peer)
+    except ValueError:
+        addr = None
+    if (addr is not None and addr.is_loopback) or (local is not None and peer in local):
+        return (f"the iperf3 peer {peer} is an address of this machine: the traffic would stay on "
+                f"loopback and cannot exercise {nic}")
+    if egress is not None and egress != nic:
+        return f"traffic to the iperf3 peer {peer} leaves through {egress}, not {nic}"
     return None
 
 
@@ -135,9 +181,12 @@ def _record(ctx: StageContext, nic: str, direction: str, r: IperfResult, speed: 
     return problems
 
 
-async def _test_nic(ctx: StageContext, nic: str, inv: dict | None, peer_for, bind: str | None) -> None:
+async def _test_nic(
+    ctx: StageContext, nic: str, inv: dict | None, peer_for, bind: str | None, check_path: bool = False
+) -> None:
     """One NIC's sub-step; ``peer_for()`` is an async context manager giving (host, port)
-    for one test and taking it back after."""
+    for one test and taking it back after. ``check_path``: skip the NIC when the peer
+    is this machine or the route to it leaves through another interface."""
     p = ctx.params
     duration = float(p.get("duration_s", 10))
     directions = ["send", "receive"] if p.get("reverse", True) else ["send"]
@@ -155,6 +204,11 @@ async def _test_nic(ctx: StageContext, nic: str, inv: dict | None, peer_for, bin
         for direction in directions:
             try:
                 async with peer_for() as (host, port):
+                    why = path_problem(nic, host, await local_addresses(), await egress_interface(host, bind)) \
+                        if check_path else None
+                    if why:
+                        step.skip(why)
+                        return
                     argv = client_argv(
                         host, port, duration_s=duration, bind=bind,
                         reverse=direction == "receive", parallel=int(p.get("parallel", 4)),
@@ -235,7 +289,7 @@ async def run(ctx: StageContext) -> None:
                 async with ctx.substep(f"nic:{nic}") as step:
                     step.fail("no IPv4 address on the NIC; cannot direct the test through it")
                 continue
-            await _test_nic(ctx, nic, inv_nics.get(nic), peer_for, bind)
+            await _test_nic(ctx, nic, inv_nics.get(nic), peer_for, bind, check_path=nic != "lo")
     tested = [s for s in ctx.substeps if s.state.value != "skipped"]
     ctx.summary["tested"] = [s.name for s in tested]
     if not tested:

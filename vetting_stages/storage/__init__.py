@@ -41,7 +41,7 @@ from vetting_core.specdiff import ExpectedSpec, SpecError, disk_matches, spec_fr
 from vetting_core.thresholds import BUILTIN_OPERATORS, ThresholdEngine
 
 from .._common import safe_name
-from ..smart import read_smart, record_counters, smart_thresholds
+from ..smart import delta_rules, read_smart, record_counters
 from .tools import (
     badblocks_argv,
     blkid_argv,
@@ -315,7 +315,7 @@ STORAGE_STAGE = StageSpec(
         "soak": {"runtime_s": 300, "verify_size": "100%", "rand_verify_size": "8G", "badblocks": True,
                  "badblocks_patterns": ["0xaa"]},
     },
-    thresholds=smart_thresholds("Storage"),
+    thresholds=delta_rules("Storage"),
     timeout_s=72 * 3600,
 )
 

@@ -3,6 +3,7 @@ default thresholds judging counter deltas, and the stage on this machine."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from vetting_core.context import MemorySink, StageContext, execute_stage
 from vetting_core.model import Measurement, Verdict
 from vetting_core.thresholds import BUILTIN_OPERATORS, ThresholdEngine
-from vetting_stages.smart import SMART_STAGE, parse_smart, smart_thresholds
+from vetting_stages.smart import SMART_STAGE, delta_rules, parse_smart, smart_thresholds
 from vetting_stages.smart.parser import exit_bits
 
 from .conftest import fixture_text
@@ -26,30 +27,82 @@ def test_failing_hitachi_sata():
     assert any("exit bit 6" in w for w in r["warnings"])
     assert r["counters"] == {
         "Reallocated_Sector_Ct": 1975, "Reallocated_Event_Count": 3831, "Current_Pending_Sector": 8,
-        "Offline_Uncorrectable": 0, "UDMA_CRC_Error_Count": 0,
+        "Offline_Uncorrectable": 0, "UDMA_CRC_Error_Count": 0, "ata_error_log_count": 56,
     }
     assert r["self_test"]["failed_entries"] == 1 and r["self_test"]["last_passed"] is True
     assert r["self_test"]["polling_minutes"] == {"short": 1, "extended": 79}
 
 
-def test_nvme_with_media_errors_passes_but_warns():
+def test_nvme_counters_and_critical_warning_bits_by_name():
     r = parse_smart(fixture_text("smartctl/7.0/nvme-samsung-970-media-errors.json"))
-    assert r["verdict"] == "passed" and r["passed"] is True
-    assert r["counters"]["media_errors"] == 7 and r["counters"]["critical_warning"] == 0
-    assert r["counters"]["percentage_used"] == 3
-    assert any("7 media errors" in w for w in r["warnings"])
+    assert r["verdict"] == "passed" and r["passed"] is True  # the stage's rules fail it (media_errors)
+    c = r["counters"]
+    assert c["media_errors"] == 7 and c["percentage_used"] == 3
+    assert c["available_spare_margin"] == 100 - 10 - 1 or c["available_spare_margin"] == c["available_spare"] - 10
+    assert {k: v for k, v in c.items() if k.startswith("critical_warning_")} == {
+        "critical_warning_available_spare_low": 0, "critical_warning_temperature": 0,
+        "critical_warning_reliability_degraded": 0, "critical_warning_read_only": 0,
+        "critical_warning_volatile_backup_failed": 0, "critical_warning_persistent_memory_read_only": 0,
+    }
+    optane = parse_smart(fixture_text("smartctl/7.3/nvme-intel-optane-mempek1w032ga.json"))
+    assert optane["counters"]["available_spare_margin"] == 100  # the drive's own threshold is 0
 
 
-def test_healthy_nvme_and_sas_and_sat():
-    nvme = parse_smart(fixture_text("smartctl/7.1/nvme-intel-660p-pass.json"))
-    assert nvme["verdict"] == "passed" and nvme["warnings"] == [] and nvme["counters"]["media_errors"] == 0
-    sas = parse_smart(fixture_text("smartctl/unversioned/sas-seagate-st4000nm0043.json"))
-    assert sas["verdict"] == "passed" and sas["protocol"] == "SCSI"
-    assert sas["counters"] == {"scsi_grown_defect_list": 56, "scsi_uncorrected_read": 0, "scsi_uncorrected_write": 0}
-    sat = parse_smart(fixture_text("smartctl/7.0/sat-seagate-attributes-pass.json"))
-    assert sat["verdict"] == "passed" and sat["passed"] is None
-    # raw.value packs vendor fields; the count is the leading number of raw.string
-    assert sat["counters"]["Reallocated_Event_Count"] == 2111
+def test_scsi_identity_from_each_smartctl_version():
+    """smartctl < 7.3 says model_name/revision for SCSI; ≥ 7.3 scsi_model_name/scsi_revision."""
+    old = parse_smart(fixture_text("smartctl/6.7/sas-seagate-st1200mm0088.json"))
+    new = parse_smart(fixture_text("smartctl/7.4/sas-seagate-st18000nm004j-selftests.json"))
+    assert (old["model"], old["firmware"]) == ("SEAGATE ST1200MM0088", "N004")
+    assert (new["model"], new["firmware"], new["serial"]) == ("SEAGATE ST18000NM004J", "E002", "ZR51ZEKN0000C2061A1W")
+    sas = parse_smart(fixture_text("smartctl/7.4/scsi-seagate-st373453lc-grown-defects.json"))
+    assert sas["counters"] == {"scsi_grown_defect_list": 260, "scsi_uncorrected_read": 1, "scsi_uncorrected_write": 535}
+
+
+def test_raw_values_decoded_per_attribute():
+    from vetting_stages.smart.parser import decode_raw
+
+    def raw(string, value=0):
+        return {"raw": {"string": string, "value": value}}
+
+    assert decode_raw(raw("0 0 4", 4)) == 4  # Seagate Command_Timeout: three 16-bit counters
+    assert decode_raw(raw("1 1 1", 4295032833)) == 1  # not the packed 4295032833
+    assert decode_raw(raw("36 (Min/Max 0/48)", 3145764)) == 36
+    assert decode_raw(raw("2111 (12437 0)", 53416508262463)) == 2111
+    assert decode_raw(raw("44299h+04m+54.612s", 1265348905053451)) == 44299
+    assert decode_raw(raw("0x0000000a0003", 10)) == "0x0000000a0003"  # kept as printed
+    sat = parse_smart(fixture_text("smartctl/7.1/raid-sat-megaraid14-seagate-st6000nm0115.json"))
+    assert sat["counters"]["Command_Timeout"] == 0 and sat["raw"]["188 Command_Timeout"] == 0
+    assert sat["raw"]["190 Airflow_Temperature_Cel"] == 25 and sat["raw"]["240 Head_Flying_Hours"] == 44299
+
+
+def test_megaraid_attribute_check_is_a_note_not_a_warning():
+    r = parse_smart(fixture_text("smartctl/7.1/raid-sat-megaraid0-wd4000fyyx.json"))
+    assert r["exit_bits"] == [2] and r["warnings"] == [] and "Attribute" in " ".join(r["messages"])
+    assert r["notes"] and r["device_type"] == "sat+megaraid,0"
+
+
+def test_self_test_logs_of_every_protocol():
+    from vetting_stages.smart.parser import self_test_state
+
+    scsi = self_test_state(json.loads(fixture_text("smartctl/7.4/sas-seagate-st18000nm004j-selftests.json")))
+    assert scsi["outcome"] == "passed" and scsi["last_type"] == "Background short" and scsi["newest"][1] == 1239
+    ata = self_test_state(json.loads(fixture_text("smartctl/7.1/raid-sat-megaraid0-wd4000fyyx.json")))
+    assert ata["outcome"] == "passed" and ata["newest"][0] == 4
+    nvme = self_test_state(json.loads(fixture_text("smartctl/7.4/nvme-sabrent-rocket4-err-log-invalid-field.json")))
+    assert nvme == {"running": False}  # log present, no entry yet
+
+
+def test_scan_open_lists_disks_behind_controllers():
+    from vetting_stages.smart import targets
+    from vetting_stages.smart.parser import parse_scan
+
+    scan = parse_scan(fixture_text("smartctl/7.1/scan-open-megaraid-telegraf.json"))
+    assert [d["controller"] for d in scan].count("megaraid") == 7
+    inventory = [{"name": "sda", "path": "/dev/sda"}, {"name": "sdc", "path": "/dev/sdc"}]
+    t = targets(inventory, scan)
+    assert [(x["name"], x["dtype"]) for x in t[:2]] == [("sda", "scsi"), ("sdc", "sat")]
+    assert [x["name"] for x in t[2:]] == [f"bus_6[megaraid,{n}]" for n in range(8, 15)]
+    assert parse_scan(fixture_text("smartctl/7.3/scan-open-this-vm.json")) == []
 
 
 def test_virtio_disk_is_skipped_with_smartctls_reason():
@@ -66,20 +119,29 @@ def _sample(key: str, value: float, stage: str = "SMART") -> Measurement:
     return Measurement(ts=datetime.now(UTC), stage=stage, kind="smart_attr", key=key, value=value)
 
 
-def test_default_thresholds_judge_deltas_not_absolute_counts():
+def test_default_rules_judge_absolute_health_and_deltas():
     engine = ThresholdEngine(smart_thresholds("SMART"), {o.name: o for o in BUILTIN_OPERATORS})
-    before = parse_smart(fixture_text("smartctl/7.1/ata-hitachi-failing.json"))["counters"]
-    # the same (already bad) counts before and after: no breach — deltas are 0
-    samples = [_sample(f"sdc/{k}", v) for k, v in before.items()] * 2
-    assert engine.evaluate(samples).breaches == []
-    # one more pending sector during the stage: a breach on that series only
+    res = engine.evaluate([_sample("sdc/Current_Pending_Sector", 8), _sample("sdd/Reallocated_Sector_Ct", 3),
+                           _sample("nvme0/critical_warning_read_only", 1), _sample("nvme0/critical_warning_temperature", 1),
+                           _sample("nvme0/available_spare_margin", 0), _sample("nvme0/percentage_used", 85)])
+    judged = sorted((engine.rules[b.rule].key, engine.rules[b.rule].op, engine.rules[b.rule].severity.value) for b in res.breaches)
+    assert judged == [
+        ("*/Current_Pending_Sector", "lte", "critical"),
+        ("*/Reallocated_Sector_Ct", "lte", "warning"),
+        ("*/available_spare_margin", "gt", "critical"),
+        ("*/critical_warning_read_only", "eq", "critical"),
+        ("*/critical_warning_temperature", "eq", "warning"),
+        ("*/percentage_used", "lte", "warning"),
+    ]
+    # the same counters later in the stage: one more pending sector is a delta breach too
     res = engine.evaluate([_sample("sdc/Current_Pending_Sector", 9)])
-    assert len(res.breaches) == 1 and res.breaches[0].observed == 1
-    assert engine.rules[res.breaches[0].rule].key == "*/Current_Pending_Sector"
-    # NVMe critical_warning must be 0 (absolute), percentage_used > 100 is a warning
-    res = engine.evaluate([_sample("nvme0n1/critical_warning", 4), _sample("nvme0n1/percentage_used", 104)])
-    sev = sorted(engine.rules[b.rule].severity.value for b in res.breaches)
-    assert sev == ["critical", "warning"]
+    assert ("delta_lte", 1) in {(engine.rules[b.rule].op, b.observed) for b in res.breaches}
+    # hundreds of reallocated sectors fail
+    res = engine.evaluate([_sample("sde/Reallocated_Sector_Ct", 260)])
+    assert "critical" in {engine.rules[b.rule].severity.value for b in res.breaches}
+    # Storage judges deltas only: a drive's history is SMART's business
+    storage = ThresholdEngine(delta_rules("Storage"), {o.name: o for o in BUILTIN_OPERATORS})
+    assert storage.evaluate([_sample("sdc/Current_Pending_Sector", 8, stage="Storage")]).breaches == []
     assert all(r.stage == "SMART" for r in SMART_STAGE.thresholds)
 
 
@@ -194,7 +256,8 @@ async def test_self_test_is_polled_until_done(tmp_path, monkeypatch, outcome):
     assert len(started) == 1 and " -t short " in started[0]
     if outcome in ("pass", "long-over-budget"):
         assert result.verdict is Verdict.passed, result.reason
-        assert result.substeps[0].summary["self_test"]["kind"] == "short"
+        step = {x.name: x for x in result.substeps}["sdc:self-test"]
+        assert step.state is Verdict.passed and step.summary["self_test"]["kind"] == "short"
         over = any("extended self-test takes 200 min, over this profile's 90 min budget" in line.message
                    for line in ctx.sink.lines)
         assert over is (outcome == "long-over-budget")
@@ -219,6 +282,7 @@ async def test_every_disk_is_read_at_once(tmp_path, monkeypatch):
     fake = bin_dir / "smartctl"
     fake.write_text(
         "#!/bin/sh\n"
+        'case "$*" in *--scan-open*) echo \'{"devices": []}\'; exit 0 ;; esac\n'
         f"echo \"start $(date +%s.%N)\" >> '{calls}'\n"
         "sleep 0.5\n"
         f"echo \"end $(date +%s.%N)\" >> '{calls}'\n"

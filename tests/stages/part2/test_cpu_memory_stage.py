@@ -111,20 +111,24 @@ def test_sizing_refuses_when_no_room():
 
 
 async def test_memory_quick_run_never_oom_kills(tmp_path):
-    """The quick profile's sizing on this machine, shortened to a few seconds (and
-    capped at 2 GiB: seven engineers share the 24 GiB machine, and first-touching
-    4 GiB took ~3.7 s of the 5 s on this VM: a busy CI host then finished no pass)."""
+    """The quick profile's sizing on this machine, shortened to a few seconds and capped
+    at 512 MiB. What it proves (no OOM kill, the reserve kept, the watchdog sampling)
+    needs no large buffer, but the stage fails a run that verified nothing, so the
+    first pass must fit in the budget on a busy machine: 2 GiB in 6 s once completed
+    no bogo-op while the whole suite ran beside other work ("vm: completed no bogo-op
+    in 6s"). 512 MiB first-touches in ~0.5 s here idle; 10 s leaves a 20x margin
+    (checked beside a ``stress-ng --cpu 2 --cpu-load 60`` hog)."""
     need("stress-ng")
     oom_before = read_oom_kills()
     res, sink = await run_stage(
-        MEMORY, tmp_path, params={"duration_s": 6, "max_bytes": 2 * GIB, "watchdog_interval_s": 0.5}
+        MEMORY, tmp_path, params={"duration_s": 10, "max_bytes": 512 * MIB, "watchdog_interval_s": 0.5}
     )
     oom_after = read_oom_kills()
     assert res.verdict is Verdict.passed, res.reason
     assert oom_before == oom_after, "the OOM killer ran during the memory stress"
     plan = res.summary["plan"]
     assert plan["total_bytes"] <= plan["available_bytes"] - plan["reserve_bytes"]
-    assert plan["total_bytes"] >= 512 * MIB
+    assert 256 * MIB <= plan["total_bytes"] <= 512 * MIB
     assert res.summary["stress_ng"]["memory"]["returncode"] == 0
     oom = samples(sink, "memory", "oom_kill")
     assert len(oom) == 2 and oom[0].value == oom[1].value

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 import pytest
@@ -267,3 +267,57 @@ async def test_stage_across_veth_into_namespace(tmp_path, min_ratio, expect):
     assert len(counters) % 2 == 0
     if expect is Verdict.failed:
         assert "of the 10000 Mbit/s link" in res.reason
+
+
+# -- connected mode: only traffic that crossed the NIC is credited to it -----------
+
+def test_path_problem_names_why_a_nic_was_not_exercised():
+    from vetting_stages.network.stage import path_problem
+
+    local = {"127.0.0.1", "10.0.0.5", "192.168.7.2"}
+    assert "is an address of this machine" in path_problem("eth0", "127.0.0.1", local, "lo")
+    assert "is an address of this machine" in path_problem("eth0", "192.168.7.2", local, "lo")
+    assert "is an address of this machine" in path_problem("eth0", "::1", None, None)
+    assert path_problem("eth0", "10.0.0.9", local, "eth1") == "traffic to the iperf3 peer 10.0.0.9 leaves through eth1, not eth0"
+    assert path_problem("eth0", "10.0.0.9", local, "eth0") is None
+    assert path_problem("eth0", "10.0.0.9", None, None) is None  # ip cannot tell: judged
+
+
+@pytest.mark.root
+@pytest.mark.anyio
+@pytest.mark.parametrize("peer_is", ["loopback", "own-address"])
+async def test_connected_mode_never_credits_local_traffic_to_a_nic(tmp_path, peer_is):
+    """An orchestrator whose iperf3 pool runs on the machine under test: the lease hands
+    out an address of this machine (loopback, or the NIC's own address). iperf3 would
+    measure loopback speed; the NIC's sub-step is skipped with the reason instead."""
+    from vetting_core.context import MemorySink, Peer, StageContext, execute_stage
+
+    need("iperf3")
+    with veth_namespace("10.231.1.1/30", "10.231.1.2/30") as (_ns, host_if, _ns_if):
+        bind = "127.0.0.1" if peer_is == "loopback" else "10.231.1.1"
+        pool = IperfServerPool(free_ports(2), bind=bind)
+        leases: list[int] = []
+
+
+        def peers(kind: str):
+            @asynccontextmanager
+            async def lease():
+                async with pool.lease() as held:
+                    leases.append(held.port)
+                    yield Peer(kind=kind, host=bind, port=held.port)
+            return lease()
+
+        inventory = {"nics": [{"name": host_if, "link": "up", "speed_mbps": 10000, "virtual": False}]}
+        sink = MemorySink()
+        ctx = StageContext(stage="Network", sink=sink, workdir=tmp_path, inventory=inventory, peers=peers,
+                           params={**NETWORK.params_for("quick"), "duration_s": 1, "parallel": 1})
+        try:
+            res = await execute_stage(NETWORK, ctx)
+        finally:
+            await pool.aclose()
+    step = {s.name: s for s in res.substeps}[f"nic:{host_if}"]
+    assert step.state is Verdict.skipped, (step.state, step.reason)
+    assert f"the iperf3 peer {bind} is an address of this machine" in step.reason
+    assert not samples(sink, "network", f"{host_if}/"), "no throughput may be recorded for the NIC"
+    assert res.verdict is Verdict.skipped and "no NIC could be tested" in res.reason
+    assert leases, "the peer was leased (the check runs with the address the orchestrator handed out)"
