@@ -16,6 +16,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, Parameter, QueryParam
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 
 from vetting_core import __version__
+from vetting_core.cmdline import MAX_LENGTH
 
 from .auth import operator, operator_guard, runtime
 from .database import UniqueViolation, as_dt, utcnow
@@ -67,6 +68,22 @@ async def _run_row(request: Request, run_id: int) -> dict[str, Any]:
     if row is None:
         raise not_found(f"run {run_id} not found")
     return row
+
+
+COMMAND_HEADER = "x-vetting-command"
+"""The ``vetting`` CLI sends its own command line (secrets redacted) with the requests
+it makes: a run started from it records that command as its origin."""
+
+
+def run_origin(request: Request, user: str) -> str:
+    """What started a run: the CLI's command line, else the API request itself."""
+    command = request.headers.get(COMMAND_HEADER, "").strip()
+    client = request.client.host if request.client else "?"
+    via = f"POST {request.url.path} by {user} from {client}"
+    if command:
+        return f"{command[:MAX_LENGTH]}  # {via}"
+    agent = request.headers.get("user-agent", "")[:100]
+    return via + (f" ({agent})" if agent else "")
 
 
 class SystemController(Controller):
@@ -262,7 +279,8 @@ class RunController(Controller):
         if data.stages is not None and not data.stages:
             raise ApiError(422, "stages: give at least one stage, or leave it out for the whole profile", {"field": "stages"})
         run, token = await rt.service.create_run(
-            host, profile=data.profile, non_destructive=data.non_destructive, stages=data.stages, actor=user["name"]
+            host, profile=data.profile, non_destructive=data.non_destructive, stages=data.stages, actor=user["name"],
+            origin=run_origin(request, user["name"]),
         )
         run["host_name"] = host["name"]
         return RunCreated(

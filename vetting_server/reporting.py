@@ -80,7 +80,7 @@ async def build_record(rt: Runtime, run_id: int, *, measurements: bool = True) -
             reason=r["reason"], current_stage=r["current_stage"], profile=r["profile"],
             non_destructive=bool(r["non_destructive"]), override_flags=_j(r["override_flags_json"], {}),
             hold_ip=r["hold_ip"], started_at=as_dt(r["started_at"]), completed_at=as_dt(r["completed_at"]),
-            report_path=r["report_path"],
+            report_path=r["report_path"], origin=r["origin"],
         ),
         stages=[
             Stage(id=int(s["id"]), run_id=run_id, name=s["name"], ordinal=int(s["ordinal"]), state=Verdict(s["state"]),

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 
 from vetting_core import hookimpl
-from vetting_core.context import StageContext, StageFailed, StageSkipped
+from vetting_core.context import StageContext, StageSkipped
 from vetting_core.model import Severity, ThresholdRule
 from vetting_core.records import StageSpec
 from vetting_core.tools import ToolNotFound, which
@@ -133,10 +133,7 @@ async def run(ctx: StageContext) -> None:
     disks = smart_disks(ctx.inventory)
     if not disks:
         raise StageSkipped("no disks in the inventory")
-    try:
-        which("smartctl")
-    except ToolNotFound as exc:
-        raise StageFailed(str(exc)) from None
+    which("smartctl")  # missing: ToolNotFound ends the stage cannot_run, not failed
     self_test = ctx.params.get("self_test")  # None, "short" or "long"
     budget = ctx.params.get("self_test_budget_s")
     summary: dict[str, Any] = {}
