@@ -374,6 +374,10 @@ class RunController(Controller):
     async def override(self, request: Request, run_id: FromPath[int], data: JSONBody[OverrideRequest]) -> RunOut:
         return await self._action(request, run_id, "override", data.reason, data.flags)
 
+    @post("/{run_id:int}/retry-stage", status_code=200, summary="Run the held run's failed stage again (no gate overridden)")
+    async def retry_stage(self, request: Request, run_id: FromPath[int], data: JSONBody[ActionRequest | None] = None) -> RunOut:
+        return await self._action(request, run_id, "retry_stage", data.reason if data else "")
+
     @post("/{run_id:int}/release", status_code=200, summary="Release a failed or held host")
     async def release(self, request: Request, run_id: FromPath[int], data: JSONBody[ActionRequest | None] = None) -> RunOut:
         return await self._action(request, run_id, "release", data.reason if data else "")

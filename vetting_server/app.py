@@ -29,6 +29,7 @@ from .api_agent import EDGE_ROUTES, AgentController, ArtifactController, artifac
 from .api_operator import EventController, HostController, RunController, SystemController
 from .errors import ApiError
 from .ingest import Ingest
+from .database import safe_url
 from .migrate import migrate
 from .peers import PeerService
 from .pxe import PxeSupervisor
@@ -135,8 +136,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
         try:
             await rt.db.open()
         except Exception as exc:
-            log.error("database.unavailable", url=_safe_url(settings.database.url), error=f"{type(exc).__name__}: {exc}")
-            raise SystemExit(f"vetting: cannot open the database {_safe_url(settings.database.url)}: {exc}") from None
+            log.error("database.unavailable", url=safe_url(settings.database.url), error=f"{type(exc).__name__}: {exc}")
+            raise SystemExit(f"vetting: cannot open the database {safe_url(settings.database.url)}: {exc}") from None
         try:
             await migrate(rt.db)
             await rt.refresh_all_runs()
@@ -190,17 +191,6 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     )
     app.state.rt = app.rt = rt
     return app
-
-
-def _safe_url(url: str) -> str:
-    """The database URL without its password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def _notifier(rt: Runtime) -> Any:

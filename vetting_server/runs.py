@@ -719,6 +719,8 @@ class RunService:
                             new = await self.transition(u, run, E.release, actor=actor, message=f"released by {actor}" + (f": {reason}" if reason else ""))
                         elif action == "override":
                             new = await self._override(u, run, actor, flags or {"wipe": True}, reason)
+                        elif action == "retry_stage":  # the failed stage again, no gate overridden
+                            new = await self._override(u, run, actor, {}, reason)
                         else:
                             raise ValueError(action)
                     except InvalidTransition:
@@ -749,7 +751,8 @@ class RunService:
         new = await self.transition(
             u, run, E.override, actor=actor, stage=stage_name, retry_stage=stage_name, current_stage=stage_name,
             failed_stage=None, result=None, reason=None, completed_at=None, override_flags_json=jdump(merged),
-            message=f"override by {actor}: retry {stage_name} with {jdump(flags)}",
+            message=f"override by {actor}: retry {stage_name} with {jdump(flags)}" if flags
+            else f"retry of {stage_name} by {actor}" + (f": {reason}" if reason else ""),
         )
         eng = self.rt.engines.get(int(run["id"]))
         if eng is not None:

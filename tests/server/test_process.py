@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -65,7 +66,8 @@ def test_cli_login_sse_watch_and_report(tmp_path, database_url):
         finally:
             watch.kill()
         assert watch.returncode == 0, err
-        assert "InventoryCheck  50% probing" in out
+        # the live line: the local mode's, with the stage's place, percent, elapsed and ETA
+        assert re.search(r"^\[1/2\] InventoryCheck\s+50%  elapsed \d+s  ETA \d+s  probing$", out, re.M), out
         assert "stage SpecValidate passed" in out
         assert "run completed" in out or "Completed" in out
 
@@ -131,7 +133,7 @@ def test_restart_resumes_and_kill9_loses_nothing(tmp_path, database_url):
 def test_db_migrate_and_token_cli(tmp_path):
     srv = ServerProcess(tmp_path / "srv")
     cp = srv.cli("db", "migrate")
-    assert cp.returncode == 0 and "applied 1 migration(s): 0001" in cp.stdout
+    assert cp.returncode == 0 and "applied 2 migration(s): 0001, 0002" in cp.stdout
     cp = srv.cli("db", "migrate")
     assert "applied 0 migration(s)" in cp.stdout
     cp = srv.cli("token", "create", "--user", "ops")
