@@ -46,8 +46,8 @@ def database_error(url: str, exc: BaseException) -> CliError:
         if url.startswith("sqlite"):
             return CliError(f"cannot open the SQLite database {shown}: {exc}: "
                             "check that its directory exists and is writable, or fix database.url")
-        return CliError(f"cannot reach PostgreSQL at {where} ({exc or name}): is it running? "
-                        "check database.url (host, port)")
+        return CliError(f"cannot open the database {shown}: PostgreSQL at {where} is unreachable ({exc or name}): "
+                        "is it running? check database.url (host, port)")
     if isinstance(exc, sqlite3.Error):
         return CliError(f"cannot open the SQLite database {shown}: {exc}: "
                         "check the path in database.url and that its directory is writable")
