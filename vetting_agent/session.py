@@ -540,16 +540,20 @@ class RunSession:
 
     async def _heartbeat_loop(self, interval_s: float) -> None:
         failing = 0
+        last_rtt: float | None = None  # sent with the next heartbeat (the server's latency histogram)
         while True:
             beat = Heartbeat(
                 stage=self.current_stage,
                 progress=self.progress,
                 message=self.message[:500],
                 spool_depth=self.spool.pending + self.out.buffered,
+                last_rtt_s=last_rtt,
             )
             sent_at = anyio.current_time()
+            last_rtt = None
             try:
                 reply = await self.client.heartbeat(beat)
+                last_rtt = round(anyio.current_time() - sent_at, 6)
             except Unreachable as exc:
                 failing += 1
                 if failing == 1 or failing % 10 == 0:

@@ -98,6 +98,7 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     progress: float | None = None  # 0..1 within the stage
     message: str = ""
     spool_depth: int = 0
+    last_rtt_s: float | None = None  # round trip of the agent's previous heartbeat (/metrics)
 
 
 class HeartbeatReply(msgspec.Struct, kw_only=True):

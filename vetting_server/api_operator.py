@@ -22,6 +22,7 @@ from .auth import operator, operator_guard, runtime
 from .database import UniqueViolation, as_dt, utcnow
 from .errors import ApiError, conflict, not_found, unauthorized
 from .hosts import FieldError, normalize_mac, parse_host_spec, validate_boot, validate_name
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .migrate import current_version
 from .runs import jdump
 from .schemas import (
@@ -94,6 +95,10 @@ class SystemController(Controller):
     async def healthz(self, request: Request) -> HealthOut:
         rt = runtime(request)
         return HealthOut(status="ok", database=rt.db.dialect, schema_version=await current_version(rt.db), version=__version__)
+
+    @get("/metrics", summary="Prometheus metrics (text exposition format)", media_type=METRICS_CONTENT_TYPE)
+    async def metrics(self, request: Request) -> Response[bytes]:
+        return Response(await runtime(request).metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @post("/api/v1/auth/token", status_code=201, summary="Log in with a password; returns a new API token")
     async def login(self, request: Request, data: JSONBody[LoginRequest]) -> TokenReply:

@@ -29,6 +29,7 @@ from .api_agent import EDGE_ROUTES, AgentController, ArtifactController, artifac
 from .api_operator import EventController, HostController, RunController, SystemController
 from .errors import ApiError
 from .ingest import Ingest
+from .metrics import Metrics
 from .database import safe_url
 from .migrate import migrate
 from .peers import PeerService
@@ -125,6 +126,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
         registry = load_registry(blocked=settings.plugins.disable)
     rt = Runtime(settings, registry)
     rt.service = RunService(rt)
+    rt.metrics = Metrics(rt)
     rt.ingest = Ingest(rt)
     rt.scheduler = Scheduler(rt)
     rt.reporting = Reporting(rt)

@@ -447,6 +447,10 @@ class RunService:
         tx = u.tx
         now = utcnow()
         summary = dict(res.summary)
+        began = res.started_at or as_dt(stage["started_at"])
+        if began is not None and verdict.terminal:
+            self.rt.metrics.stage_duration.labels(stage["name"], verdict.value).observe(
+                max(0.0, ((res.completed_at or now) - began).total_seconds()))
         await tx.execute(
             "UPDATE stages SET state = $2, reason = $3, started_at = $4, completed_at = $5, summary_json = $6 WHERE id = $1",
             int(stage["id"]), verdict.value, reason, res.started_at or as_dt(stage["started_at"]) or now,
