@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,7 +18,10 @@ import msgspec
 import structlog
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.datastructures import CacheControlHeader
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
+from litestar.static_files import create_static_files_router
 
 from vetting_core import __version__
 from vetting_core.config import Settings
@@ -179,7 +183,9 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     artifacts = type("ArtifactController", (ArtifactController,),
                      {"request_max_body_size": artifact_body_limit(settings.server.max_artifact_bytes)})
     app = VettingApp(
-        route_handlers=[SystemController, agent, artifacts, HostController, RunController, EventController],
+        route_handlers=[SystemController, agent, artifacts, HostController, RunController, EventController,
+                        create_static_files_router(path=OPENAPI_ASSETS, directories=[OPENAPI_DIR],
+                                                   include_in_schema=False, cache_control=CacheControlHeader(max_age=86400))],
         lifespan=[lifespan],
         exception_handlers={
             ApiError: _api_error,
@@ -187,12 +193,33 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
             HTTPException: _http_error,
             Exception: _internal_error,
         },
-        openapi_config=OpenAPIConfig(title="Vetting orchestrator", version=__version__, path="/schema"),
+        openapi_config=openapi_config(),
         request_max_body_size=settings.server.max_operator_body_bytes,
         debug=False,
     )
     app.state.rt = app.rt = rt
     return app
+
+
+OPENAPI_DIR = Path(__file__).parent / "static" / "openapi"
+OPENAPI_ASSETS = "/static/openapi"
+
+
+def openapi_config() -> OpenAPIConfig:
+    """``/schema`` (Redoc), ``/schema/redoc`` and ``/schema/swagger``, every asset served
+    from the package (:data:`OPENAPI_DIR`): a management network is often air-gapped."""
+    favicon = f"<link rel='icon' type='image/png' href='{OPENAPI_ASSETS}/favicon-32x32.png'>"
+    return OpenAPIConfig(
+        title="Vetting orchestrator", version=__version__, path="/schema",
+        render_plugins=[
+            RedocRenderPlugin(js_url=f"{OPENAPI_ASSETS}/redoc.standalone.js", google_fonts=False, favicon=favicon,
+                              path=["/", "/redoc"]),
+            SwaggerRenderPlugin(
+                js_url=f"{OPENAPI_ASSETS}/swagger-ui-bundle.js", css_url=f"{OPENAPI_ASSETS}/swagger-ui.css",
+                standalone_preset_js_url=f"{OPENAPI_ASSETS}/swagger-ui-standalone-preset.js", favicon=favicon,
+            ),
+        ],
+    )
 
 
 def _notifier(rt: Runtime) -> Any:
