@@ -188,7 +188,7 @@ class Reporting:
             if run["state"] == "Reporting":
                 await rt.service.transition(
                     u, run, RunEventType.report_done, report_path=report_path, completed_at=finished,
-                    message="report written: run completed" + (f" {done['result']}: {done['reason']}" if done.get("reason") else ""),
+                    message="report written: run completed" + (f", {done['result']}: {done['reason']}" if done.get("reason") else ""),
                     **done,
                 )
             else:

@@ -115,6 +115,8 @@ class RunService:
         elif t.next is RunState.Completed:
             updates.setdefault("result", "pass")
             updates.setdefault("completed_at", now)
+            if reason is not None:  # an incomplete run says which stages could not run
+                updates.setdefault("reason", reason)
         elif t.next in (RunState.Released, RunState.Cancelled):
             if run.get("completed_at") is None:
                 updates.setdefault("completed_at", now)
