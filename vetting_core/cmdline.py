@@ -14,6 +14,7 @@ from pathlib import PurePath
 
 SECRET_OPTIONS = ("--token", "--password", "--agent-token")
 MAX_LENGTH = 1000
+REDACTED = "***"  # left unquoted: it stands for a value, it is not one
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -27,16 +28,13 @@ def command_line(argv: Sequence[str]) -> str:
     hide = False
     for i, arg in enumerate(argv):
         if hide:
-            out.append("***")
+            out.append(REDACTED)
             hide = False
             continue
         name, eq, _ = arg.partition("=")
         if name in SECRET_OPTIONS:
-            if eq:
-                out.append(f"{name}=***")
-            else:
-                out.append(arg)
-                hide = True
+            out.append(f"{name}={REDACTED}" if eq else name)
+            hide = not eq
             continue
-        out.append(PurePath(arg).name if i == 0 else arg)
-    return shlex.join(out)[:MAX_LENGTH]
+        out.append(shlex.quote(PurePath(arg).name if i == 0 else arg))
+    return " ".join(out)[:MAX_LENGTH]

@@ -449,7 +449,7 @@ class EventController(Controller):
 
         async def gen() -> Any:
             last = start
-            progress_seen = rt.hub.progress_seq
+            progress_seen = 0  # the current progress first: a watcher joining mid-stage sees it at once
             yield ServerSentEventMessage(comment="vetting event stream", retry=2000)
             while True:
                 if run_id is None:

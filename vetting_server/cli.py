@@ -494,7 +494,7 @@ def report_paths(run: dict[str, Any]) -> list[Path]:
     return [json_path.with_name("report.html"), json_path, json_path.with_name("report.ocptv.jsonl")]
 
 
-def _print_detail(d: dict[str, Any]) -> None:
+def _print_detail(d: dict[str, Any], *, report: bool = True) -> None:
     run = d["run"]
     print(f"run {run['id']} on {run['host_name']}: {run['state']}"
           + (f" ({run['result']})" if run["result"] else "")
@@ -509,7 +509,7 @@ def _print_detail(d: dict[str, Any]) -> None:
     print(f"  {d['measurement_count']} samples, {d['log_line_count']} log lines")
     if run.get("origin"):
         print(f"  started by: {run['origin']}")
-    for path in report_paths(run)[:1]:
+    for path in report_paths(run)[:1] if report else []:
         print(f"  report: {path}")
 
 
@@ -564,24 +564,31 @@ def outcome_code(run: dict[str, Any]) -> int:
 
 class _LiveLine:
     """``vetting run watch``'s progress: the local mode's line (:func:`progress_line`),
-    redrawn in place on a terminal, one line per update elsewhere."""
+    redrawn in place on a terminal; in a pipe or a log, a line when the stage changes
+    and at most every ``every_s`` seconds otherwise (as the local mode prints it)."""
 
-    def __init__(self, stream: Any = None) -> None:
+    def __init__(self, stream: Any = None, every_s: float = 5.0) -> None:
         self.stream = stream or sys.stdout
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every_s = every_s
         self.drawn = False
         self.stage: str | None = None
         self.started = 0.0
+        self.printed = 0.0
 
     def progress(self, stage: str | None, percent: int | None, message: str, index: str) -> None:
         import time
 
         from vetting_core.progress import progress_line
 
+        now = time.monotonic()
         if stage != self.stage:
-            self.stage, self.started = stage, time.monotonic()
+            self.stage, self.started, self.printed = stage, now, 0.0
+        elif not self.tty and now - self.printed < self.every_s:
+            return
+        self.printed = now
         fraction = None if percent is None else percent / 100
-        text = progress_line(index, stage or "-", fraction, time.monotonic() - self.started, message)
+        text = progress_line(index, stage or "-", fraction, now - self.started, message)
         if self.tty:
             self.stream.write("\r\x1b[2K" + text)
             self.drawn = True
@@ -646,7 +653,7 @@ def cmd_run_watch(args: argparse.Namespace) -> int:
     except httpx.HTTPError as exc:
         raise c.unreachable(exc) from None
     d = c.call("GET", f"/api/v1/runs/{args.run}")
-    _print_detail(d)
+    _print_detail(d, report=getattr(args, "report_line", True))
     return outcome_code(d["run"])
 
 

@@ -174,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
             body["stages"] = args.stage
         run = client.call("POST", "/api/v1/runs", json=body)["run"]
         print(f"run {run['id']}: profile {run['profile']}, non-destructive; live progress follows", flush=True)
-        cmd_run_watch(argparse.Namespace(**vars(client_args), run=run["id"]))
+        cmd_run_watch(argparse.Namespace(**vars(client_args), run=run["id"], report_line=False))  # printed below
         final = wait_for_report(client, run["id"])
         paths = report_paths(final)
         if paths and paths[0].exists():

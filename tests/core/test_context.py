@@ -388,3 +388,4 @@ async def test_stream_tool_timeout():
     lines = []
     r = await stream_tool(["sh", "-c", "echo started; sleep 30"], lambda s, line: lines.append(line), timeout=0.5)
     assert r.timed_out and lines == ["started"]
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -77,6 +78,12 @@ def test_cli_login_sse_watch_and_report(tmp_path, database_url):
         assert r.status_code == 200 and str(run_id) in r.text
         cp = srv.cli("run", "show", str(run_id), check=True)
         assert "Completed" in cp.stdout and "SpecValidate" in cp.stdout
+        # the OCPTV export names the real command that started the run, and where from
+        ocptv = srv.api("GET", f"/api/v1/runs/{run_id}/report/ocptv").text.splitlines()
+        command = json.loads(ocptv[1])["testRunArtifact"]["testRunStart"]["commandLine"]
+        assert command == (f"vetting --config {srv.config_path} run start n1 --non-destructive --stage InventoryCheck "
+                           "--stage SpecValidate  # POST /api/v1/runs by admin from 127.0.0.1")
+        assert f"started by: {command}" in cp.stdout
         cp = srv.cli("run", "list", "--state", "Completed", check=True)
         assert "n1" in cp.stdout
 
