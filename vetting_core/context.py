@@ -448,7 +448,8 @@ async def execute_stage(
                 verdict = Verdict.failed
                 reason = "; ".join(f"{s.name}: {s.reason}" for s in failed)
         if reason:
-            ctx.log(f"{verdict.label}: {reason}", level="error" if verdict is Verdict.failed else "info")
+            level = {Verdict.failed: "error", Verdict.cannot_run: "warning"}.get(verdict, "info")
+            ctx.log(f"{verdict.label}: {reason}", level=level)
     return StageResult(
         stage=spec.name,
         verdict=verdict,

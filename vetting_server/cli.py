@@ -138,19 +138,16 @@ def _tune_interpreter() -> None:
 def _preflight(settings: Any) -> None:
     """Open the database and apply migrations before serving: a wrong URL or a down
     PostgreSQL stops start-up with one clear line instead of a traceback."""
-    _with_database(settings, lambda db, applied: _nothing())
-
-
-async def _nothing() -> None:
-    return None
+    _with_database(settings)
 
 
 def _with_db(args: argparse.Namespace, fn: Any) -> Any:
     return _with_database(_settings(args), fn)
 
 
-def _with_database(settings: Any, fn: Any) -> Any:
-    """Open the configured database, apply pending migrations, run ``await fn(db, applied)``.
+def _with_database(settings: Any, fn: Any = None) -> Any:
+    """Open the configured database, apply pending migrations, run ``await fn(db, applied)``
+    (when given).
     A database that cannot be opened (driver missing, server down, no such database,
     bad file path) is one :class:`CliError` line."""
     import anyio
@@ -168,7 +165,7 @@ def _with_database(settings: Any, fn: Any) -> Any:
         opened = True
         try:
             applied = await migrate(db)
-            return await fn(db, applied)
+            return None if fn is None else await fn(db, applied)
         finally:
             await db.close()
 

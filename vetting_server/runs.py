@@ -66,6 +66,8 @@ log = structlog.get_logger()
 E = RunEventType
 _json = msgspec.json.encode
 _AGENT_ACTIVE = frozenset(s.value for s in AGENT_ACTIVE)
+# stages the pipeline moves past (a stage that could not run, when that did not stop the run)
+SETTLED = frozenset(v.value for v in (Verdict.passed, Verdict.skipped, Verdict.cannot_run))
 
 
 class TransitionConflict(Exception):
@@ -366,7 +368,7 @@ class RunService:
         )
         now = utcnow()
         for s in stages:
-            if Verdict(s["state"]).terminal and s["state"] != Verdict.failed.value:
+            if s["state"] in SETTLED:
                 continue
             if s["runs_on"] == "orchestrator":
                 res = inline.get(s["name"])
@@ -590,7 +592,7 @@ class RunService:
                 # SpecValidate must see this result's inventory: store it first
                 await self.db.execute("UPDATE runs SET inventory_json = $2 WHERE id = $1", run_id, jdump(res.inventory))
             for f in following:
-                if Verdict(f["state"]).terminal and f["state"] != Verdict.failed.value:
+                if f["state"] in SETTLED:
                     continue
                 if f["runs_on"] != "orchestrator":
                     break
