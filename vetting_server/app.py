@@ -31,10 +31,10 @@ from vetting_core.protocol import ErrorBody
 from . import edge
 from .api_agent import EDGE_ROUTES, AgentController, ArtifactController, artifact_body_limit
 from .api_operator import EventController, HostController, RunController, SystemController
+from .database import safe_url
 from .errors import ApiError
 from .ingest import Ingest
 from .metrics import Metrics
-from .database import safe_url
 from .migrate import migrate
 from .peers import PeerService
 from .pxe import PxeSupervisor

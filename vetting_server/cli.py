@@ -564,13 +564,14 @@ class _LiveLine:
     redrawn in place on a terminal; in a pipe or a log, a line when the stage changes
     and at most every ``every_s`` seconds otherwise (as the local mode prints it)."""
 
-    def __init__(self, stream: Any = None, every_s: float = 5.0) -> None:
+    def __init__(self, started_at: Any, stream: Any = None, every_s: float = 5.0) -> None:
+        self.started_at = started_at  # stage name -> when it started (UTC), from the server
         self.stream = stream or sys.stdout
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.every_s = every_s
         self.drawn = False
         self.stage: str | None = None
-        self.started = 0.0
+        self.started = 0.0  # the stage's start, as a time.time()
         self.printed = 0.0
 
     def progress(self, stage: str | None, percent: int | None, message: str, index: str) -> None:
@@ -578,14 +579,15 @@ class _LiveLine:
 
         from vetting_core.progress import progress_line
 
-        now = time.monotonic()
+        now = time.time()
         if stage != self.stage:
-            self.stage, self.started, self.printed = stage, now, 0.0
+            began = self.started_at(stage) if stage else None
+            self.stage, self.started, self.printed = stage, began.timestamp() if began else now, 0.0
         elif not self.tty and now - self.printed < self.every_s:
             return
         self.printed = now
         fraction = None if percent is None else percent / 100
-        text = progress_line(index, stage or "-", fraction, now - self.started, message)
+        text = progress_line(index, stage or "-", fraction, max(0.0, now - self.started), message)
         if self.tty:
             self.stream.write("\r\x1b[2K" + text)
             self.drawn = True
@@ -616,7 +618,16 @@ def cmd_run_watch(args: argparse.Namespace) -> int:
     last = events[-1]["id"] if events else 0
     headers = {"Last-Event-ID": str(last), "Accept": "text/event-stream"}
     state = d["run"]["state"]
-    live = _LiveLine()
+
+    def started_at(stage: str) -> Any:  # asked once per stage: elapsed and ETA count from there
+        from datetime import datetime
+
+        for st in c.call("GET", f"/api/v1/runs/{args.run}", params={"points": 1})["stages"]:
+            if st["name"] == stage and st.get("started_at"):
+                return datetime.fromisoformat(st["started_at"].replace("Z", "+00:00"))
+        return None
+
+    live = _LiveLine(started_at)
     try:
         with c.http.stream("GET", "/api/v1/events/stream", params={"run_id": args.run}, headers=headers,
                            timeout=httpx.Timeout(30, read=None)) as r:
