@@ -44,6 +44,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,7 @@ async def load(srv: Any, runs: list[tuple[int, str]], args: argparse.Namespace, 
         conn = await pool.get()
         try:
             t = time.perf_counter()
-            status, _ = await conn.post(f"/api/v1/runs/{run_id}/heartbeat", tok, b'{"stage":"CPUStress","progress":0.5}')
+            status, _ = await conn.post(f"/api/v1/runs/{run_id}/heartbeat", tok, HEARTBEAT)
             stats["hb"].append(time.perf_counter() - t)
             if status >= 500:
                 stats["hb_5xx"] += 1
@@ -278,6 +279,22 @@ async def load(srv: Any, runs: list[tuple[int, str]], args: argparse.Namespace, 
     await asyncio.gather(*jobs)
     stats["elapsed"] = time.monotonic() - t0
     return stats
+
+
+HEARTBEAT = b'{"stage":"CPUStress","progress":0.5,"last_rtt_s":0.0012}'
+"""What a real agent sends: its previous heartbeat's round trip too (the server's latency
+histogram observes it; an older server ignores the field)."""
+
+
+def scraper(url: str, every_s: float, stop: threading.Event, out: list[tuple[int, float, int]]) -> None:
+    """GET /metrics every ``every_s`` seconds, as Prometheus would, during the ingest."""
+    while not stop.wait(every_s):
+        t = time.perf_counter()
+        try:
+            r = httpx.get(url, timeout=10)
+            out.append((r.status_code, time.perf_counter() - t, len(r.content)))
+        except httpx.HTTPError:
+            out.append((0, time.perf_counter() - t, 0))
 
 
 def cpu_seconds(pid: int) -> dict[str, float]:
@@ -355,6 +372,7 @@ def main() -> int:
     p.add_argument("--hb-only", type=float, default=10.0, help="seconds of heartbeats without sensor load first (0: skip)")
     p.add_argument("--setup-concurrency", type=int, default=32)
     p.add_argument("--keep", help="keep the server's directory here")
+    p.add_argument("--scrape", type=float, default=0.0, help="GET /metrics every S seconds during the ingest (0: never)")
     args = p.parse_args()
     try:
         import uvloop
@@ -374,9 +392,14 @@ def main() -> int:
             hb0 = cpu_seconds(srv.proc.pid)
             quiet = asyncio.run(load(srv, runs, args, sensors=False, duration=args.hb_only))
             hb_cpu = cpu_seconds(srv.proc.pid)["server"] - hb0["server"]
+        scrapes: list[tuple[int, float, int]] = []
+        stop = threading.Event()
+        if args.scrape > 0:
+            threading.Thread(target=scraper, args=(f"{srv.base_url}/metrics", args.scrape, stop, scrapes), daemon=True).start()
         cpu0, client0 = cpu_seconds(srv.proc.pid), client_cpu_seconds()
         st = asyncio.run(load_split(srv, runs, args))
         cpu1, client1 = cpu_seconds(srv.proc.pid), client_cpu_seconds()
+        stop.set()
     db = sqlite3.connect(str(srv.db_path))
     rows = db.execute("SELECT count(*) FROM measurements").fetchone()[0]
     evals = db.execute("SELECT count(*) FROM threshold_evaluations").fetchone()[0]
@@ -404,6 +427,11 @@ def main() -> int:
         used["client"] = client1 - client0
         print("CPU during ingest: " + ", ".join(
             f"{k} {v / st['elapsed'] * 100:.0f}% of a core ({v / st['acked'] * 1e6:.2f} µs per sample)" for k, v in used.items()))
+    if scrapes:
+        codes = sorted({c for c, _, _ in scrapes})
+        print(f"/metrics scraped every {args.scrape:g}s: {len(scrapes)} times, status {codes}, "
+              f"{statistics.mean(t for _, t, _ in scrapes) * 1000:.1f} ms mean, "
+              f"{max(t for _, t, _ in scrapes) * 1000:.1f} ms max, {scrapes[-1][2]:,} bytes")
     print(f"errors: 5xx {st['5xx'] + st['hb_5xx']}, 4xx {st['4xx']}, duplicates {st['dups']}")
     print(f"rows in DB: {rows:,} vs acknowledged {st['acked']:,} (sent {st['sent']:,}; "
           f"lost {st['acked'] - rows:,})")

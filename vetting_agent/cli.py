@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 import structlog
 
+from vetting_core.cmdline import command_line
 from vetting_core.plugins import UnknownNameError, describe, load_registry
 from vetting_core.profiles import ProfileError
 from vetting_core.specdiff import SpecError
@@ -140,6 +141,7 @@ def _options(args: argparse.Namespace, *, power_off: bool, non_destructive_only:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = command_line(["vetting-agent", *(sys.argv[1:] if argv is None else argv)])
     configure_logging(args.log_level, args.log_format)
     try:
         return anyio.run(_main, args)
@@ -176,6 +178,7 @@ async def _main(args: argparse.Namespace) -> int:
                     keep_going=args.keep_going,
                     allow_destructive=args.allow_destructive,
                     sidecar=not args.no_sensors,
+                    command=args.command_line,
                 ),
             )
         except (ProfileError, UnknownNameError, SpecError, ThresholdError, OSError) as exc:

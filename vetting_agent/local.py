@@ -39,6 +39,8 @@ from vetting_core.model import (
     SubStep,
     ThresholdEvaluation,
     Verdict,
+    completed_result,
+    stops_run,
 )
 from vetting_core.plugins import Registry
 from vetting_core.profiles import ProfileError, plan_run
@@ -71,6 +73,7 @@ class LocalOptions:
     ipmi_interval_s: float = 30.0
     progress_stream: TextIO | None = None
     host_name: str | None = None
+    command: str | None = None  # the agent's command line: the report's origin of the run
 
 
 class LocalSink:
@@ -101,10 +104,12 @@ class LocalOutcome:
     reports: dict[str, Any] = field(default_factory=dict)
     failed_stage: str | None = None
     reason: str | None = None
+    incomplete: bool = False  # nothing failed, but a stage could not run here
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.passed else 1
+        """0 passed, 1 failed, 3 incomplete (a stage could not run here)."""
+        return 1 if not self.passed else (3 if self.incomplete else 0)
 
 
 def load_spec(path: Path | None) -> tuple[ExpectedSpec | None, str]:
@@ -198,8 +203,7 @@ async def run_local(registry: Registry, options: LocalOptions) -> LocalOutcome:
                 row = stages[planned.ordinal]
                 if failed_stage is not None and not options.keep_going:
                     break
-                duration = planned.params.get("duration_s")
-                printer.start_stage(n, planned.name, float(duration) if isinstance(duration, (int, float)) else None)
+                printer.start_stage(n, planned.name)
                 first_sample = len(sink.samples)
                 ctx = build_context(
                     registry,
@@ -243,17 +247,19 @@ async def run_local(registry: Registry, options: LocalOptions) -> LocalOutcome:
                 substeps.extend(result.substeps)
                 firmware.extend(result.firmware)
                 artifacts.extend(result.artifacts)
-                printer.finish_stage(planned.name, verdict.value, reason, time.monotonic() - t0)
+                printer.finish_stage(planned.name, verdict.label, reason, time.monotonic() - t0)
                 events.append(
                     Event(
                         ts=utcnow(),
                         kind="StageFinished",
                         level="error" if verdict is Verdict.failed else "info",
-                        message=f"{planned.name}: {verdict.value}" + (f" ({reason})" if reason else ""),
+                        message=f"{planned.name}: {verdict.label}" + (f" ({reason})" if reason else ""),
                         data={"stage": planned.name, "verdict": verdict.value},
                     )
                 )
-                if verdict in (Verdict.failed, Verdict.hold) and failed_stage is None:
+                # local mode runs on an installed machine: a stage that could not run
+                # (a tool missing) does not stop the run, it makes it incomplete
+                if stops_run(verdict, live_image=False) and failed_stage is None:
                     failed_stage, fail_reason = planned.name, reason or verdict.value
             tg.cancel_scope.cancel()
         # a spec without an InventoryCheck/SpecValidate in the plan is still compared
@@ -261,9 +267,13 @@ async def run_local(registry: Registry, options: LocalOptions) -> LocalOutcome:
             spec_diffs = diff_spec(spec, inventory)
 
     passed = failed_stage is None
+    run_result = completed_result(st.state for st in stages) if passed else "failed"
+    not_run = [f"{st.name}: {st.reason}" for st in stages if st.state is Verdict.cannot_run]
     completed = utcnow()
+    summary = fail_reason or (f"{len(not_run)} stage(s) could not run here: " + "; ".join(not_run) if not_run
+                              else "all stages passed")
     events.append(Event(ts=completed, kind="RunCompleted" if passed else "RunFailed",
-                        level="info" if passed else "error", message=fail_reason or "all stages passed"))
+                        level="info" if run_result == "pass" else ("warning" if passed else "error"), message=summary))
     record = RunRecord(
         host=Host(
             name=hostname,
@@ -275,13 +285,14 @@ async def run_local(registry: Registry, options: LocalOptions) -> LocalOutcome:
         run=Run(
             host_id=0,
             state="Completed" if passed else "Failed",
-            result="passed" if passed else "failed",
+            result=run_result,
             failed_stage=failed_stage,
-            reason=fail_reason,
+            reason=fail_reason or (summary if not_run else None),
             profile=plan.profile,
             non_destructive=plan.non_destructive,
             started_at=started,
             completed_at=completed,
+            origin=options.command,
         ),
         stages=stages,
         substeps=substeps,
@@ -299,9 +310,11 @@ async def run_local(registry: Registry, options: LocalOptions) -> LocalOutcome:
     reports = write_reports(record, registry, out_dir)
     for kind, path in reports.items():
         print(f"report ({kind}): {path}", file=stream, flush=True)
-    verdict_line = "PASSED" if passed else f"FAILED at {failed_stage}: {fail_reason}"
+    verdict_line = {"pass": "PASSED", "incomplete": f"INCOMPLETE: {summary}"}.get(
+        run_result, f"FAILED at {failed_stage}: {fail_reason}")
     print(f"result: {verdict_line}", file=stream, flush=True)
-    return LocalOutcome(passed=passed, record=record, reports=reports, failed_stage=failed_stage, reason=fail_reason)
+    return LocalOutcome(passed=passed, record=record, reports=reports, failed_stage=failed_stage,
+                        reason=fail_reason or (summary if not_run else None), incomplete=run_result == "incomplete")
 
 
 def write_reports(record: RunRecord, registry: Registry, out_dir: Path) -> dict[str, Any]:

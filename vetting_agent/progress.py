@@ -2,7 +2,9 @@
 
 On a terminal one status line is redrawn in place; in a pipe or a log file a line is
 printed when the stage changes and at most every ``every_s`` seconds otherwise, so a
-CI log stays readable.
+CI log stays readable. The fractions come from the stage context (the stage's own, or
+estimated from its expected duration); the line is :func:`vetting_core.progress.progress_line`,
+the same as ``vetting run watch`` prints.
 """
 
 from __future__ import annotations
@@ -11,25 +13,7 @@ import sys
 import time
 from typing import TextIO
 
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "?"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, s = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{s:02d}s"
-    hours, m = divmod(minutes, 60)
-    return f"{hours}h{m:02d}m"
-
-
-def eta(elapsed: float, fraction: float | None) -> float | None:
-    """Remaining seconds at the current pace (None before any progress is known)."""
-    if fraction is None or fraction <= 0.0 or fraction > 1.0:
-        return None
-    return elapsed / fraction - elapsed
+from vetting_core.progress import fmt_duration, progress_line
 
 
 class ProgressPrinter:
@@ -45,15 +29,11 @@ class ProgressPrinter:
         self.message = ""
         self._last_print = 0.0
         self._drawn = False
-        self.expected_s: float | None = None
 
-    def start_stage(self, index: int, stage: str, expected_s: float | None = None) -> None:
-        """``expected_s`` (the stage's ``duration_s`` parameter, when it has one) gives
-        an estimate while the stage itself reports no progress."""
+    def start_stage(self, index: int, stage: str) -> None:
         self.index, self.stage = index, stage
         self.started = time.monotonic()
         self.fraction, self.message = 0.0, ""
-        self.expected_s = expected_s if expected_s and expected_s > 0 else None
         self._print(force=True)
 
     def update(self, stage: str, fraction: float | None, message: str) -> None:
@@ -67,17 +47,7 @@ class ProgressPrinter:
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.started
-        fraction, approx = self.fraction, ""
-        if not fraction and self.expected_s:  # the stage reports no progress: estimate
-            fraction, approx = min(0.99, elapsed / self.expected_s), "~"
-        pct = "  ?%" if fraction is None else f"{approx}{fraction * 100:3.0f}%"
-        text = (
-            f"[{self.index}/{self.total}] {self.stage:<16} {pct}  "
-            f"elapsed {fmt_duration(elapsed)}  ETA {approx}{fmt_duration(eta(elapsed, fraction))}"
-        )
-        if self.message:
-            text += f"  {self.message[:60]}"
-        return text
+        return progress_line(f"[{self.index}/{self.total}]", self.stage or "", self.fraction, elapsed, self.message)
 
     def _print(self, force: bool = False) -> None:
         now = time.monotonic()

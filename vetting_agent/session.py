@@ -103,7 +103,10 @@ class Outcome(msgspec.Struct, kw_only=True):
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.passed else 1
+        """0 passed, 1 failed, 3 incomplete (nothing failed; a stage could not run here)."""
+        if not self.passed:
+            return 1
+        return 3 if "cannot_run" in self.verdicts.values() else 0
 
 
 class AgentFatal(Exception):
@@ -333,7 +336,7 @@ class RunSession:
                 override.update(retry.flags)
                 state[retry.stage] = Verdict.pending
             if i >= len(stages):
-                return all(v in ("passed", "skipped") for v in self.verdicts.values()), None
+                return self._pipeline_ok(), None
             planned = stages[i]
             if planned.runs_on == "orchestrator" or state[planned.name].terminal:
                 i += 1
@@ -362,7 +365,7 @@ class RunSession:
             if reply.next_stage and reply.next_stage in index:
                 i = index[reply.next_stage]
             elif reply.next_state != "Running":
-                return all(v in ("passed", "skipped") for v in self.verdicts.values()), None
+                return self._pipeline_ok(), None
             else:
                 i += 1
 
@@ -439,6 +442,10 @@ class RunSession:
             return None
         return decode_result_reply(entry.reply or b"")
 
+    def _pipeline_ok(self) -> bool:
+        """Nothing failed (a stage that could not run in host mode let the run go on)."""
+        return all(v in ("passed", "skipped", "cannot_run") for v in self.verdicts.values())
+
     def _reason_from_fatal(self) -> str | None:
         return str(self.fatal) if self.fatal else None
 
@@ -447,9 +454,7 @@ class RunSession:
         """The run failed (a stage's verdict, a hold request, or the orchestrator gave up
         on us). Ask for a hold; keep heartbeating while it lasts; an override re-enters a
         stage (``retry_stage``), a release ends the agent."""
-        reason = (reply.reason if reply else None) or (
-            f"stage {reply.stage} {reply.verdict.value}" if reply else "the orchestrator failed the run"
-        )
+        reason = failure_reason(reply)
         await self.out.flush()
         # the orchestrator says whether to hold (hold.enabled, not a host-mode run); when
         # it failed the run without our result (AgentLost) we ask and it may refuse
@@ -535,16 +540,20 @@ class RunSession:
 
     async def _heartbeat_loop(self, interval_s: float) -> None:
         failing = 0
+        last_rtt: float | None = None  # sent with the next heartbeat (the server's latency histogram)
         while True:
             beat = Heartbeat(
                 stage=self.current_stage,
                 progress=self.progress,
                 message=self.message[:500],
                 spool_depth=self.spool.pending + self.out.buffered,
+                last_rtt_s=last_rtt,
             )
             sent_at = anyio.current_time()
+            last_rtt = None
             try:
                 reply = await self.client.heartbeat(beat)
+                last_rtt = round(anyio.current_time() - sent_at, 6)
             except Unreachable as exc:
                 failing += 1
                 if failing == 1 or failing % 10 == 0:
@@ -617,6 +626,17 @@ class RunSession:
             subprocess.run(argv, stdin=subprocess.DEVNULL, timeout=60, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             log.error("agent.power_off_failed", error=str(exc))
+
+
+def failure_reason(reply: ResultReply | None) -> str:
+    """Why the run failed, naming the stage that failed it: the reply's own stage, or an
+    orchestrator-owned stage run right after it (InventoryCheck passed, SpecValidate
+    failed: the reply is InventoryCheck's, the failure SpecValidate's)."""
+    if reply is None:
+        return "the orchestrator failed the run"
+    stage = reply.failed_stage or reply.stage
+    why = reply.run_reason or (reply.reason if stage == reply.stage else None) or f"stage {stage} {reply.verdict.label}"
+    return why if why.startswith(stage) or f"stage {stage}" in why else f"{stage}: {why}"
 
 
 async def run_connected(

@@ -245,11 +245,34 @@ def _check_references(settings: Settings, source: str) -> None:
         parse_ports(settings.peers.iperf3_ports)
     except ValueError as exc:
         raise ConfigError(f"{source}: $.peers.iperf3_ports: {exc}") from None
-    if not settings.database.url.startswith(("sqlite://", "postgresql://", "postgres://")):
-        raise ConfigError(
-            f"{source}: $.database.url must start with sqlite:// or postgresql://, "
-            f"got {settings.database.url!r}"
-        )
+    _check_database_url(settings.database.url, source)
+
+
+def _check_database_url(url: str, source: str) -> None:
+    """The forms the server opens: ``sqlite:///relative.db``, ``sqlite:////abs.db``,
+    ``postgresql://user[:password]@host[:port]/database``. Anything else stops start-up
+    here, with the right form in the message, rather than failing at open."""
+    key = f"{source}: $.database.url"
+    if url.startswith("sqlite:"):
+        rest = url[len("sqlite:///"):] if url.startswith("sqlite:///") else None
+        if not rest or rest.startswith(("?", ":memory:", "file:")):
+            raise ConfigError(
+                f"{key} {url!r} is not a SQLite file URL: write sqlite:///relative/path.db "
+                "(three slashes) or sqlite:////absolute/path.db (four)"
+            )
+        return
+    if url.startswith(("postgresql://", "postgres://")):
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}: write postgresql://user@host:5432/database") from None
+        if not parts.path.strip("/"):
+            raise ConfigError(f"{key} names no database: write postgresql://user@host:5432/database")
+        return
+    raise ConfigError(f"{key} must start with sqlite:/// or postgresql://, got {url!r}")
 
 
 def _ranges(settings: Settings) -> list[tuple[str, float, float, float]]:

@@ -10,6 +10,7 @@ verdict rules and always returns a :class:`~vetting_core.protocol.StageResult`.
 from __future__ import annotations
 
 import hashlib
+import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -23,9 +24,15 @@ import structlog
 from .model import Artifact, FirmwareSnapshot, Measurement, SubStep, ThresholdRule, Verdict
 from .protocol import LogLine, StageResult
 from .records import ProbeSpec, StageSpec
-from .tools import ToolResult, run_tool, stream_tool
+from .tools import ToolNotFound, ToolResult, run_tool, stream_tool
 
 log = structlog.get_logger()
+
+
+PROGRESS_EVERY_S = 5.0
+"""A running stage's progress reaches its sink (the heartbeat, the local progress line)
+at least this often."""
+PROGRESS_TICK_S = 1.0
 
 
 class StageFailed(Exception):
@@ -34,6 +41,23 @@ class StageFailed(Exception):
 
 class StageSkipped(Exception):
     """Raise from a stage when it does not apply (no GPU, no SMART support...)."""
+
+
+class StageCannotRun(Exception):
+    """Raise when the test cannot run *here*: a tool is not installed, the agent lacks a
+    permission, the kernel lacks an interface. The verdict is ``cannot_run``, which is
+    not a finding about the hardware (see :func:`vetting_core.model.stops_run` for what
+    it does to the run). ``cause`` is ``"tool_missing"``, ``"no_permission"`` or
+    ``"unsupported"``; ``tool`` names the missing binary when there is one.
+
+    A :class:`~vetting_core.tools.ToolNotFound` or a :class:`PermissionError` that
+    escapes a stage ends it the same way, without the stage catching it.
+    """
+
+    def __init__(self, reason: str, *, cause: str = "unsupported", tool: str | None = None) -> None:
+        super().__init__(reason)
+        self.cause = cause
+        self.tool = tool
 
 
 class StageHold(Exception):
@@ -164,6 +188,11 @@ class StageContext:
         self.inventory_out: dict[str, Any] | None = None
         self.measurement_count = 0
         self.log_count = 0
+        duration = self.params.get("duration_s")
+        self._expected_s: float | None = float(duration) if isinstance(duration, (int, float)) and duration > 0 else None
+        self._estimating = True  # until the stage reports a fraction above 0
+        self._reported: tuple[float | None, str] = (None, "")
+        self._progress_at = time.monotonic()
 
     @property
     def peers_available(self) -> bool:
@@ -213,7 +242,43 @@ class StageContext:
         return sample
 
     def progress(self, fraction: float | None, message: str = "") -> None:
+        """Report how far the stage is (0..1, or None when unknown) and what it does.
+
+        A stage need not call it on a timer: while it runs, :func:`execute_stage`
+        repeats the last report at least every :data:`PROGRESS_EVERY_S` seconds and,
+        until the stage reports a fraction above 0, estimates one from the time it
+        expects to take (:meth:`expect_duration`, else its ``duration_s`` parameter).
+        """
+        self._reported = (fraction, message)
+        if fraction is not None and fraction > 0:
+            self._estimating = False
+        self._send_progress(fraction, message)
+
+    def expect_duration(self, seconds: float) -> None:
+        """How long the whole stage should take (e.g. ``NICs × directions × duration_s``):
+        the progress estimate until the stage reports fractions of its own."""
+        self._expected_s = float(seconds) if seconds and seconds > 0 else None
+
+    def _send_progress(self, fraction: float | None, message: str) -> None:
+        self._progress_at = time.monotonic()
         self.sink.progress(self.stage, fraction, message)
+
+    async def _keep_progress(self) -> None:
+        """Runs beside the stage (see :meth:`progress`)."""
+        started = time.monotonic()
+        while True:
+            await anyio.sleep(PROGRESS_TICK_S)
+            fraction, message = self._reported
+            now = time.monotonic()
+            if self._estimating and self._expected_s:
+                estimate = min(0.99, (now - started) / self._expected_s)
+                if fraction is None or estimate >= fraction + 0.01:
+                    fraction = estimate
+                    self._reported = (fraction, message)
+                    self._send_progress(fraction, message)
+                    continue
+            if now - self._progress_at >= PROGRESS_EVERY_S:
+                self._send_progress(fraction, message)
 
     @asynccontextmanager
     async def substep(self, name: str) -> AsyncIterator[SubStepHandle]:
@@ -299,6 +364,21 @@ class StageContext:
         return result
 
 
+def _cannot_run(exc: Exception, summary: dict[str, Any]) -> str:
+    """The reason of a ``cannot_run`` verdict; records the cause in the summary."""
+    if isinstance(exc, StageCannotRun):
+        cause, tool = exc.cause, exc.tool
+    elif isinstance(exc, ToolNotFound):
+        cause, tool = "tool_missing", exc.tool
+    else:
+        cause, tool = "no_permission", None
+    summary["cannot_run"] = {"cause": cause, "tool": tool}
+    if isinstance(exc, PermissionError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"no permission{where} ({exc.strerror or exc}); run the agent as root"
+    return str(exc)
+
+
 async def execute_stage(
     spec: StageSpec, ctx: StageContext, *, timeout_s: float | None = None
 ) -> StageResult:
@@ -307,6 +387,9 @@ async def execute_stage(
     - the stage does not apply to the inventory → ``skipped`` with the reason
       (an ``applies`` check that raises fails the stage instead, traceback logged);
     - it raises ``StageFailed``/``StageSkipped``/``StageHold`` → that verdict;
+    - it raises ``StageCannotRun``, or lets a ``ToolNotFound`` or a ``PermissionError``
+      escape → ``cannot_run`` (the test could not run here; not a hardware finding),
+      with ``summary["cannot_run"] = {"cause": …, "tool": …}``;
     - it raises anything else → ``failed``, the traceback in the stage log;
     - it exceeds ``timeout_s`` (default ``spec.timeout_s``; the run plan's value
       when given) → ``failed``. A ``TimeoutError`` raised *by the stage itself*
@@ -333,20 +416,27 @@ async def execute_stage(
         ctx.log(f"skipped: {skip_reason}")
     else:
         scope = anyio.CancelScope(deadline=anyio.current_time() + limit)
-        try:
-            with scope:
-                await spec.run(ctx)
-        except StageFailed as exc:
-            verdict, reason = Verdict.failed, str(exc)
-        except StageSkipped as exc:
-            verdict, reason = Verdict.skipped, str(exc)
-        except StageHold as exc:
-            verdict, reason, hold = Verdict.hold, str(exc), True
-            if exc.found is not None:
-                ctx.summary["found"] = exc.found
-        except Exception as exc:
-            verdict, reason = Verdict.failed, f"stage crashed: {type(exc).__name__}: {exc}"
-            ctx.log(traceback.format_exc(), level="error")
+        async with anyio.create_task_group() as keeper:
+            # every exception of the stage is caught inside: the group only ever ends
+            # normally, or by a cancellation from outside
+            keeper.start_soon(ctx._keep_progress)
+            try:
+                with scope:
+                    await spec.run(ctx)
+            except StageFailed as exc:
+                verdict, reason = Verdict.failed, str(exc)
+            except StageSkipped as exc:
+                verdict, reason = Verdict.skipped, str(exc)
+            except StageHold as exc:
+                verdict, reason, hold = Verdict.hold, str(exc), True
+                if exc.found is not None:
+                    ctx.summary["found"] = exc.found
+            except (StageCannotRun, ToolNotFound, PermissionError) as exc:
+                verdict, reason = Verdict.cannot_run, _cannot_run(exc, ctx.summary)
+            except Exception as exc:
+                verdict, reason = Verdict.failed, f"stage crashed: {type(exc).__name__}: {exc}"
+                ctx.log(traceback.format_exc(), level="error")
+            keeper.cancel_scope.cancel()
         if scope.cancelled_caught:
             verdict, reason = Verdict.failed, f"stage timed out after {limit:g}s"
             for step in ctx.substeps:
@@ -358,7 +448,8 @@ async def execute_stage(
                 verdict = Verdict.failed
                 reason = "; ".join(f"{s.name}: {s.reason}" for s in failed)
         if reason:
-            ctx.log(f"{verdict.value}: {reason}", level="error" if verdict is Verdict.failed else "info")
+            level = {Verdict.failed: "error", Verdict.cannot_run: "warning"}.get(verdict, "info")
+            ctx.log(f"{verdict.label}: {reason}", level=level)
     return StageResult(
         stage=spec.name,
         verdict=verdict,

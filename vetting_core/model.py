@@ -8,6 +8,7 @@ operate on them. Timestamps are timezone-aware UTC ``datetime`` values.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -15,18 +16,51 @@ import msgspec
 
 
 class Verdict(str, enum.Enum):
-    """State of a stage or sub-step. ``hold`` means "stop and wait for an operator"."""
+    """State of a stage or sub-step. ``hold`` means "stop and wait for an operator".
+
+    ``failed`` is a finding about the machine (the hardware, its firmware, its spec);
+    ``cannot_run`` is not: the test could not run *here* (a tool is not installed, the
+    agent lacks a permission), so nothing is known about what it would have tested.
+    Whether that stops the run is the run's policy (:func:`stops_run`).
+    """
 
     pending = "pending"
     running = "running"
     passed = "passed"
     failed = "failed"
     skipped = "skipped"
+    cannot_run = "cannot_run"
     hold = "hold"
 
     @property
     def terminal(self) -> bool:
-        return self in (Verdict.passed, Verdict.failed, Verdict.skipped)
+        return self in (Verdict.passed, Verdict.failed, Verdict.skipped, Verdict.cannot_run)
+
+    @property
+    def label(self) -> str:
+        """How a person reads it (``could not run``, ``passed``...)."""
+        return "could not run" if self is Verdict.cannot_run else self.value
+
+
+def stops_run(verdict: Verdict, *, live_image: bool) -> bool:
+    """Whether a stage that ended with ``verdict`` stops (fails) the run.
+
+    ``failed`` and ``hold`` always do. ``cannot_run`` does on a live image (PXE, or an
+    agent connected by hand to a booted image): the image is built to carry every tool
+    the stages need, so a missing one is a broken image and the machine is not proven
+    healthy. In host mode and local mode (an installed machine, whose packages are the
+    owner's) the run goes on and ends ``incomplete`` instead of passed.
+    """
+    if verdict in (Verdict.failed, Verdict.hold):
+        return True
+    return verdict is Verdict.cannot_run and live_image
+
+
+def completed_result(verdicts: Iterable[Verdict | str]) -> str:
+    """``runs.result`` of a run whose pipeline got to its end: ``pass``, or
+    ``incomplete`` when a stage could not run (nothing failed, but not everything was
+    tested)."""
+    return "incomplete" if any(Verdict(v) is Verdict.cannot_run for v in verdicts) else "pass"
 
 
 class Severity(str, enum.Enum):
@@ -63,6 +97,7 @@ class Run(msgspec.Struct, kw_only=True):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     report_path: str | None = None
+    origin: str | None = None  # the command (or API request) that started the run
 
 
 class Stage(msgspec.Struct, kw_only=True):

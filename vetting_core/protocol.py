@@ -98,6 +98,7 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     progress: float | None = None  # 0..1 within the stage
     message: str = ""
     spool_depth: int = 0
+    last_rtt_s: float | None = None  # round trip of the agent's previous heartbeat (/metrics)
 
 
 class HeartbeatReply(msgspec.Struct, kw_only=True):
@@ -204,6 +205,10 @@ class ResultReply(msgspec.Struct, kw_only=True):
     next_stage: str | None = None
     hold: bool = False  # the agent should call /hold
     breaches: list[Breach] = []
+    # set when the run failed now: the stage that failed it (this one, or an
+    # orchestrator-owned stage run right after it, e.g. SpecValidate) and the run's reason
+    failed_stage: str | None = None
+    run_reason: str | None = None
 
 
 class HoldRequest(msgspec.Struct, kw_only=True):

@@ -26,8 +26,27 @@ import structlog
 log = structlog.get_logger()
 
 
+DEBIAN_PACKAGES = {
+    "smartctl": "smartmontools", "sensors": "lm-sensors", "ipmitool": "ipmitool", "stress-ng": "stress-ng",
+    "fio": "fio", "iperf3": "iperf3", "ethtool": "ethtool", "lspci": "pciutils", "dmidecode": "dmidecode",
+    "lshw": "lshw", "badblocks": "e2fsprogs", "wipefs": "util-linux", "lsblk": "util-linux",
+    "blkid": "util-linux", "lscpu": "util-linux", "dmesg": "util-linux", "ip": "iproute2",
+    "memtester": "memtester",
+}
+"""Where the tools the built-in stages run come from on Debian/Ubuntu (named in the
+"could not run" reason, so the fix is in the message)."""
+
+
 class ToolNotFound(FileNotFoundError):
-    """The binary is not installed (``shutil.which`` found nothing)."""
+    """The binary is not installed (``shutil.which`` found nothing).
+
+    Raised out of a stage it makes the stage ``cannot_run`` (not ``failed``): a missing
+    tool says nothing about the machine. ``tool`` is the binary's name.
+    """
+
+    def __init__(self, message: str, tool: str | None = None) -> None:
+        super().__init__(message)
+        self.tool = tool
 
 
 class ToolResult(msgspec.Struct, kw_only=True):
@@ -55,7 +74,9 @@ def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 def which(binary: str) -> str:
     path = shutil.which(binary, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
     if path is None:
-        raise ToolNotFound(f"{binary} is not installed (not found on PATH)")
+        package = DEBIAN_PACKAGES.get(binary)
+        hint = f"; Debian package {package}" if package else ""
+        raise ToolNotFound(f"{binary} is not installed (not found on PATH{hint})", binary)
     return path
 
 
@@ -66,7 +87,7 @@ def _resolve(argv: Sequence[str]) -> list[str]:
     if "/" not in first:
         return [which(first), *map(str, argv[1:])]
     if not (os.path.isfile(first) and os.access(first, os.X_OK)):
-        raise ToolNotFound(f"{first} does not exist or is not executable")
+        raise ToolNotFound(f"{first} does not exist or is not executable", os.path.basename(first))
     return [first, *map(str, argv[1:])]
 
 

@@ -53,6 +53,7 @@ _RESULT_VERDICT = {
     "fail": "failed",
     "cancelled": "cancelled",
     "canceled": "cancelled",
+    "incomplete": "incomplete",
 }
 
 
@@ -61,7 +62,10 @@ def _val(x: Any) -> Any:
 
 
 def run_verdict(record: RunRecord) -> str:
-    """passed | failed | hold | cancelled | incomplete — what the operator needs to know."""
+    """passed | failed | hold | cancelled | incomplete — what the operator needs to know.
+
+    ``incomplete``: nothing failed, but the run did not test everything (a stage could
+    not run here, or the run has not finished)."""
     result = (record.run.result or "").lower()
     if result in _RESULT_VERDICT:
         return _RESULT_VERDICT[result]
@@ -73,6 +77,8 @@ def run_verdict(record: RunRecord) -> str:
         return "hold" if state == "FailedHolding" and "failed" not in verdicts else "failed"
     if "hold" in verdicts:
         return "hold"
+    if "cannot_run" in verdicts:
+        return "incomplete"
     if state in ("Completed", "Reporting") and all(Verdict(v).terminal for v in verdicts):
         return "passed"
     return "incomplete"
@@ -258,7 +264,7 @@ def _failures(record: RunRecord, stages: list[dict[str, Any]]) -> list[dict[str,
     out = []
     for st in stages:
         for sub in st["substeps"]:
-            if sub["verdict"] in ("failed", "hold"):
+            if sub["verdict"] in ("failed", "hold", "cannot_run"):
                 out.append(
                     {
                         "stage": st["name"],
@@ -267,7 +273,7 @@ def _failures(record: RunRecord, stages: list[dict[str, Any]]) -> list[dict[str,
                         "reason": sub["reason"],
                     }
                 )
-        if st["verdict"] in ("failed", "hold"):
+        if st["verdict"] in ("failed", "hold", "cannot_run"):
             out.append(
                 {"stage": st["name"], "substep": None, "verdict": st["verdict"], "reason": st["reason"]}
             )

@@ -13,7 +13,9 @@ Mapping (documented in ``docs/report-schema.md``):
   measurement, last − first); textual series give their last text with ``EQUAL``/
   ``NOT_EQUAL``/``REGEX_MATCH`` validators; a ``log`` per threshold breach and spec
   difference; ``file`` per artifact (with its SHA-256 in ``metadata``); ``diagnosis``
-  per sub-step and per stage verdict; ``error`` for a stage that never finished;
+  per sub-step and per stage verdict; ``error`` for a stage that never finished, and
+  instead of a diagnosis for a stage that could not run here (symptom
+  ``cannot-run-tool-missing``/``-no-permission``/``-unsupported``, step status ``ERROR``);
   ``testStepEnd``;
 - run-level ``log`` lines for the run's events, an ``error`` when the run failed
   outside any stage, and ``testRunEnd``.
@@ -46,7 +48,7 @@ NUMERIC_VALIDATOR = {
     "gte": "GREATER_THAN_OR_EQUAL",
 }
 TEXT_VALIDATOR = {"eq": "EQUAL", "ne": "NOT_EQUAL", "regex": "REGEX_MATCH"}
-STEP_STATUS = {"passed": "COMPLETE", "failed": "COMPLETE", "skipped": "SKIP"}
+STEP_STATUS = {"passed": "COMPLETE", "failed": "COMPLETE", "skipped": "SKIP", "cannot_run": "ERROR"}
 DIAGNOSIS_TYPE = {"passed": "PASS", "failed": "FAIL"}
 LOG_SEVERITY = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "error": "ERROR", "critical": "FATAL"}
 
@@ -241,8 +243,9 @@ def ocptv_lines(record: RunRecord) -> Iterator[str]:
                 "testRunStart": {
                     "name": "vetting",
                     "version": vetting_core.__version__,
-                    "commandLine": f"vetting run --host {record.host.name} --profile {run.profile}"
-                    + (" --non-destructive" if run.non_destructive else ""),
+                    # the real command: the CLI's argv or the API request (server), the
+                    # agent's argv (local mode); empty for a run that recorded none
+                    "commandLine": run.origin or "",
                     "parameters": {
                         "profile": run.profile,
                         "non_destructive": run.non_destructive,
@@ -335,10 +338,17 @@ def ocptv_lines(record: RunRecord) -> Iterator[str]:
                 },
                 end_ts,
             )
-        diag = {"verdict": f"{stage.name}-{verdict}", "type": DIAGNOSIS_TYPE.get(verdict, "UNKNOWN")}
-        if stage.reason:
-            diag["message"] = stage.reason
-        yield step({"diagnosis": diag}, end_ts)
+        if verdict == "cannot_run":
+            # the test could not run here (a tool missing, no permission): an error of
+            # the test, no diagnosis of the DUT
+            cause = (stage.summary.get("cannot_run") or {}).get("cause") or "unsupported"
+            yield step({"error": {"symptom": f"cannot-run-{cause.replace('_', '-')}",
+                                  "message": stage.reason or "the stage could not run here"}}, end_ts)
+        else:
+            diag = {"verdict": f"{stage.name}-{verdict}", "type": DIAGNOSIS_TYPE.get(verdict, "UNKNOWN")}
+            if stage.reason:
+                diag["message"] = stage.reason
+            yield step({"diagnosis": diag}, end_ts)
         yield step({"testStepEnd": {"status": STEP_STATUS.get(verdict, "ERROR")}}, end_ts)
 
     spare = artifacts_by_stage.get(None, [])

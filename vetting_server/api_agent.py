@@ -64,6 +64,8 @@ def heartbeat_reply(rt: Any, run_id: int, auth: Any, data: Heartbeat) -> Heartbe
     now = utcnow()
     rt.heartbeats[run_id] = now
     rt.last_heartbeat[run_id] = now
+    if data.last_rtt_s is not None and 0 <= data.last_rtt_s < 3600:
+        rt.metrics.heartbeat_latency.observe(data.last_rtt_s)
     if data.stage is not None or data.progress is not None:
         pct = None if data.progress is None else round(float(data.progress) * 100)
         prev = rt.hub.progress.get(run_id)

@@ -16,11 +16,13 @@ from litestar.params import FromPath, FromQuery, JSONBody, Parameter, QueryParam
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 
 from vetting_core import __version__
+from vetting_core.cmdline import MAX_LENGTH
 
 from .auth import operator, operator_guard, runtime
 from .database import UniqueViolation, as_dt, utcnow
 from .errors import ApiError, conflict, not_found, unauthorized
 from .hosts import FieldError, normalize_mac, parse_host_spec, validate_boot, validate_name
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .migrate import current_version
 from .runs import jdump
 from .schemas import (
@@ -69,6 +71,22 @@ async def _run_row(request: Request, run_id: int) -> dict[str, Any]:
     return row
 
 
+COMMAND_HEADER = "x-vetting-command"
+"""The ``vetting`` CLI sends its own command line (secrets redacted) with the requests
+it makes: a run started from it records that command as its origin."""
+
+
+def run_origin(request: Request, user: str) -> str:
+    """What started a run: the CLI's command line, else the API request itself."""
+    command = request.headers.get(COMMAND_HEADER, "").strip()
+    client = request.client.host if request.client else "?"
+    via = f"POST {request.url.path} by {user} from {client}"
+    if command:
+        return f"{command[:MAX_LENGTH]}  # {via}"
+    agent = request.headers.get("user-agent", "")[:100]
+    return via + (f" ({agent})" if agent else "")
+
+
 class SystemController(Controller):
     path = ""
     tags = ["system"]
@@ -77,6 +95,10 @@ class SystemController(Controller):
     async def healthz(self, request: Request) -> HealthOut:
         rt = runtime(request)
         return HealthOut(status="ok", database=rt.db.dialect, schema_version=await current_version(rt.db), version=__version__)
+
+    @get("/metrics", summary="Prometheus metrics (text exposition format)", media_type=METRICS_CONTENT_TYPE)
+    async def metrics(self, request: Request) -> Response[bytes]:
+        return Response(await runtime(request).metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @post("/api/v1/auth/token", status_code=201, summary="Log in with a password; returns a new API token")
     async def login(self, request: Request, data: JSONBody[LoginRequest]) -> TokenReply:
@@ -262,7 +284,8 @@ class RunController(Controller):
         if data.stages is not None and not data.stages:
             raise ApiError(422, "stages: give at least one stage, or leave it out for the whole profile", {"field": "stages"})
         run, token = await rt.service.create_run(
-            host, profile=data.profile, non_destructive=data.non_destructive, stages=data.stages, actor=user["name"]
+            host, profile=data.profile, non_destructive=data.non_destructive, stages=data.stages, actor=user["name"],
+            origin=run_origin(request, user["name"]),
         )
         run["host_name"] = host["name"]
         return RunCreated(
@@ -356,6 +379,10 @@ class RunController(Controller):
     async def override(self, request: Request, run_id: FromPath[int], data: JSONBody[OverrideRequest]) -> RunOut:
         return await self._action(request, run_id, "override", data.reason, data.flags)
 
+    @post("/{run_id:int}/retry-stage", status_code=200, summary="Run the held run's failed stage again (no gate overridden)")
+    async def retry_stage(self, request: Request, run_id: FromPath[int], data: JSONBody[ActionRequest | None] = None) -> RunOut:
+        return await self._action(request, run_id, "retry_stage", data.reason if data else "")
+
     @post("/{run_id:int}/release", status_code=200, summary="Release a failed or held host")
     async def release(self, request: Request, run_id: FromPath[int], data: JSONBody[ActionRequest | None] = None) -> RunOut:
         return await self._action(request, run_id, "release", data.reason if data else "")
@@ -422,7 +449,7 @@ class EventController(Controller):
 
         async def gen() -> Any:
             last = start
-            progress_seen = rt.hub.progress_seq
+            progress_seen = 0  # the current progress first: a watcher joining mid-stage sees it at once
             yield ServerSentEventMessage(comment="vetting event stream", retry=2000)
             while True:
                 if run_id is None:

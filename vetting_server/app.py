@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,7 +18,10 @@ import msgspec
 import structlog
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.datastructures import CacheControlHeader
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
+from litestar.static_files import create_static_files_router
 
 from vetting_core import __version__
 from vetting_core.config import Settings
@@ -27,8 +31,10 @@ from vetting_core.protocol import ErrorBody
 from . import edge
 from .api_agent import EDGE_ROUTES, AgentController, ArtifactController, artifact_body_limit
 from .api_operator import EventController, HostController, RunController, SystemController
+from .database import safe_url
 from .errors import ApiError
 from .ingest import Ingest
+from .metrics import Metrics
 from .migrate import migrate
 from .peers import PeerService
 from .pxe import PxeSupervisor
@@ -124,6 +130,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
         registry = load_registry(blocked=settings.plugins.disable)
     rt = Runtime(settings, registry)
     rt.service = RunService(rt)
+    rt.metrics = Metrics(rt)
     rt.ingest = Ingest(rt)
     rt.scheduler = Scheduler(rt)
     rt.reporting = Reporting(rt)
@@ -135,8 +142,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
         try:
             await rt.db.open()
         except Exception as exc:
-            log.error("database.unavailable", url=_safe_url(settings.database.url), error=f"{type(exc).__name__}: {exc}")
-            raise SystemExit(f"vetting: cannot open the database {_safe_url(settings.database.url)}: {exc}") from None
+            log.error("database.unavailable", url=safe_url(settings.database.url), error=f"{type(exc).__name__}: {exc}")
+            raise SystemExit(f"vetting: cannot open the database {safe_url(settings.database.url)}: {exc}") from None
         try:
             await migrate(rt.db)
             await rt.refresh_all_runs()
@@ -176,7 +183,9 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     artifacts = type("ArtifactController", (ArtifactController,),
                      {"request_max_body_size": artifact_body_limit(settings.server.max_artifact_bytes)})
     app = VettingApp(
-        route_handlers=[SystemController, agent, artifacts, HostController, RunController, EventController],
+        route_handlers=[SystemController, agent, artifacts, HostController, RunController, EventController,
+                        create_static_files_router(path=OPENAPI_ASSETS, directories=[OPENAPI_DIR],
+                                                   include_in_schema=False, cache_control=CacheControlHeader(max_age=86400))],
         lifespan=[lifespan],
         exception_handlers={
             ApiError: _api_error,
@@ -184,7 +193,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
             HTTPException: _http_error,
             Exception: _internal_error,
         },
-        openapi_config=OpenAPIConfig(title="Vetting orchestrator", version=__version__, path="/schema"),
+        openapi_config=openapi_config(),
         request_max_body_size=settings.server.max_operator_body_bytes,
         debug=False,
     )
@@ -192,15 +201,25 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     return app
 
 
-def _safe_url(url: str) -> str:
-    """The database URL without its password."""
-    from urllib.parse import urlsplit, urlunsplit
+OPENAPI_DIR = Path(__file__).parent / "static" / "openapi"
+OPENAPI_ASSETS = "/static/openapi"
 
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+
+def openapi_config() -> OpenAPIConfig:
+    """``/schema`` (Redoc), ``/schema/redoc`` and ``/schema/swagger``, every asset served
+    from the package (:data:`OPENAPI_DIR`): a management network is often air-gapped."""
+    favicon = f"<link rel='icon' type='image/png' href='{OPENAPI_ASSETS}/favicon-32x32.png'>"
+    return OpenAPIConfig(
+        title="Vetting orchestrator", version=__version__, path="/schema",
+        render_plugins=[
+            RedocRenderPlugin(js_url=f"{OPENAPI_ASSETS}/redoc.standalone.js", google_fonts=False, favicon=favicon,
+                              path=["/", "/redoc"]),
+            SwaggerRenderPlugin(
+                js_url=f"{OPENAPI_ASSETS}/swagger-ui-bundle.js", css_url=f"{OPENAPI_ASSETS}/swagger-ui.css",
+                standalone_preset_js_url=f"{OPENAPI_ASSETS}/swagger-ui-standalone-preset.js", favicon=favicon,
+            ),
+        ],
+    )
 
 
 def _notifier(rt: Runtime) -> Any:

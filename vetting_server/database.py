@@ -31,6 +31,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from queue import SimpleQueue
+from urllib.parse import urlsplit
 from typing import Any
 
 import anyio
@@ -75,6 +76,14 @@ def as_dt(v: Any) -> datetime | None:
 
 def as_bool(v: Any) -> bool:
     return bool(v)
+
+
+def safe_url(url: str) -> str:
+    """The database URL without its password (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password:
+        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+    return url
 
 
 def sqlite_path(url: str) -> Path:

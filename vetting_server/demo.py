@@ -4,8 +4,10 @@ It starts a real server process on an embedded SQLite file, registers this machi
 a host (its own MAC, boot provider ``agent``: the host-mode agent is already running,
 so there is nothing to wake), starts a non-destructive run of the chosen profile and
 drives it with a real ``vetting-agent host --once`` process, then prints the live
-progress and where the reports are. Nothing here is simulated: the stages run the
-real tools on this machine, and a host-mode agent never runs a destructive stage.
+progress and, once the server has written it, where the HTML report is (first), the
+JSON and OCPTV ones; for a run that failed, the reason in one line and the run's log.
+Nothing here is simulated: the stages run the real tools on this machine, and a
+host-mode agent never runs a destructive stage.
 
 Everything lives in ``--dir`` (default: a new temporary directory), which is kept so
 the reports can be opened afterwards.
@@ -72,6 +74,8 @@ class Demo:
                        "public_url": self.url},
             "database": {"url": f"sqlite:///{self.dir / 'vetting.db'}"},
             "dispatcher": {"interval_s": 0.5},
+            # a live percent every 2 s in the watch (the default, 10 s, suits a fleet)
+            "timeouts": {"heartbeat_interval_s": 2.0, "heartbeat_timeout_s": 60.0},
         }))
 
     def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
@@ -125,8 +129,21 @@ class Demo:
                     proc.wait()
 
 
+def wait_for_report(client: Any, run_id: int, timeout: float = 120.0) -> dict[str, Any]:
+    """The run once its report is written (a failed run's report is written just after
+    the run enters Failed, so the watch ends before it exists)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.call("GET", f"/api/v1/runs/{run_id}")["run"]
+        if run.get("report_path") and Path(run["report_path"]).with_name("report.html").exists():
+            return run
+        if time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
 def main(args: argparse.Namespace) -> int:
-    from .cli import Client, cmd_run_watch
+    from .cli import Client, cmd_run_watch, outcome_code, report_paths
 
     workdir = Path(args.dir).resolve() if args.dir else Path(tempfile.mkdtemp(prefix="vetting-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +153,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         demo.start_server()
         print(f"server up at {demo.url} on SQLite {workdir / 'vetting.db'}", flush=True)
-        client_args = argparse.Namespace(server=demo.url, token=demo.operator_token(), config=str(demo.config))
+        client_args = argparse.Namespace(server=demo.url, token=demo.operator_token(), config=str(demo.config),
+                                         command_line=getattr(args, "command_line", None))
         client = Client(client_args)
         name, mac = socket.gethostname(), this_machine_mac()
         known = [h for h in client.call("GET", "/api/v1/hosts", params={"limit": 1000})["items"] if h["mac"] == mac]
@@ -156,14 +174,21 @@ def main(args: argparse.Namespace) -> int:
             body["stages"] = args.stage
         run = client.call("POST", "/api/v1/runs", json=body)["run"]
         print(f"run {run['id']}: profile {run['profile']}, non-destructive; live progress follows", flush=True)
-        rc = cmd_run_watch(argparse.Namespace(**vars(client_args), run=run["id"]))
-        detail = client.call("GET", f"/api/v1/runs/{run['id']}")
-        report = detail["run"].get("report_path")
-        if report:
-            reports = Path(report).parent
-            print(f"reports: {reports} (report.html, report.json, report.ocptv.jsonl)")
+        cmd_run_watch(argparse.Namespace(**vars(client_args), run=run["id"], report_line=False))  # printed below
+        final = wait_for_report(client, run["id"])
+        paths = report_paths(final)
+        if paths and paths[0].exists():
+            print(f"report: {paths[0]}")
+            print(f"        {', '.join(str(p) for p in paths[1:])}")
         else:
             print(f"no report was written; see {workdir / 'server.log'}")
+        rc = outcome_code(final)
+        if rc != 0:
+            log_path = workdir / f"run-{run['id']}.log"
+            log_path.write_text(client.http.get(f"/api/v1/runs/{run['id']}/logs", params={"limit": 200000}).text)
+            what = "INCOMPLETE" if rc == 3 else final["state"].upper()
+            print(f"{what}: {final.get('reason') or 'see the log'}")
+            print(f"log: {log_path} (agent: {workdir / 'agent.log'}, server: {workdir / 'server.log'})")
         if args.keep:
             print(f"server kept running at {demo.url}; operator token: {client_args.token}; Ctrl-C stops it")
             try:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import gc
 import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -90,7 +91,9 @@ class Ingest:
         self.dialect = rt.db.dialect
         self._queue: deque[_Item] = deque()
         self._wake = anyio.Event()
-        self.stats = {"groups": 0, "batches": 0, "rows": 0, "duplicates": 0}
+        # running totals, read by /metrics when scraped (metrics.py): never a per-request cost
+        self.stats = {"groups": 0, "batches": 0, "rows": 0, "duplicates": 0,
+                      "sensor_batches": 0, "log_batches": 0, "samples": 0, "log_lines": 0}
         self._ts = epoch if self.dialect == "sqlite" else (lambda d: d)
         self._locks: dict[int, anyio.Lock] = {}
         self._judge_limiter = anyio.CapacityLimiter(2)
@@ -252,7 +255,13 @@ class Ingest:
                     n += len(item.rows)
                 tg.start_soon(self._write_group, group, slots)
 
+    @property
+    def queue_depth(self) -> int:
+        """Batches waiting for the writer (not yet taken into a group)."""
+        return len(self._queue)
+
     async def _write_group(self, group: list[_Item], slot: anyio.Semaphore) -> None:
+        started = time.perf_counter()
         try:
             await self._write(group)
         except Exception as exc:
@@ -268,8 +277,19 @@ class Ingest:
                         item.error = exc2
                         log.error("ingest.batch_failed", run_id=item.run_id, stream=item.stream, seq=item.seq, error=str(exc2))
         else:
-            self.stats["groups"] += 1
-            self.stats["batches"] += len(group)
+            self.rt.metrics.group_commit.observe(time.perf_counter() - started)  # once per group
+            stats = self.stats
+            stats["groups"] += 1
+            stats["batches"] += len(group)
+            for item in group:
+                if item.duplicate:
+                    stats["duplicates"] += 1
+                elif item.stream == "sensor":
+                    stats["sensor_batches"] += 1
+                    stats["samples"] += len(item.rows)
+                else:
+                    stats["log_batches"] += 1
+                    stats["log_lines"] += len(item.rows)
         finally:
             slot.release()
             for item in group:

@@ -33,6 +33,7 @@ from vetting_core.model import (
     SubStep,
     ThresholdEvaluation,
     Verdict,
+    completed_result,
 )
 from vetting_core.statemachine import RunEventType
 
@@ -80,7 +81,7 @@ async def build_record(rt: Runtime, run_id: int, *, measurements: bool = True) -
             reason=r["reason"], current_stage=r["current_stage"], profile=r["profile"],
             non_destructive=bool(r["non_destructive"]), override_flags=_j(r["override_flags_json"], {}),
             hold_ip=r["hold_ip"], started_at=as_dt(r["started_at"]), completed_at=as_dt(r["completed_at"]),
-            report_path=r["report_path"],
+            report_path=r["report_path"], origin=r["origin"],
         ),
         stages=[
             Stage(id=int(s["id"]), run_id=run_id, name=s["name"], ordinal=int(s["ordinal"]), state=Verdict(s["state"]),
@@ -161,8 +162,10 @@ class Reporting:
             return
         record = await build_record(rt, run_id)
         finished = utcnow()
+        done: dict[str, Any] = {}
         if state == "Reporting":  # the report is the last step: it describes the completed run
-            record.run = msgspec.structs.replace(record.run, state="Completed", result="pass", completed_at=finished)
+            done = completion(record.stages)
+            record.run = msgspec.structs.replace(record.run, state="Completed", completed_at=finished, **done)
         out = self.out_dir(run_id)
         out.mkdir(parents=True, exist_ok=True)
         from vetting_reports import write_reports
@@ -183,11 +186,24 @@ class Reporting:
             report_path = str(Path(paths.get("json") or next(iter(paths.values()))).resolve())
             run = await u.tx.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
             if run["state"] == "Reporting":
-                await rt.service.transition(u, run, RunEventType.report_done, report_path=report_path,
-                                            completed_at=finished, message="report written: run completed")
+                await rt.service.transition(
+                    u, run, RunEventType.report_done, report_path=report_path, completed_at=finished,
+                    message="report written: run completed" + (f", {done['result']}: {done['reason']}" if done.get("reason") else ""),
+                    **done,
+                )
             else:
                 await u.tx.execute("UPDATE runs SET report_path = $2 WHERE id = $1", run_id, report_path)
                 await u.event("report_written", f"report of the failed run written: {report_path}", run_id=run_id)
+
+
+def completion(stages: list[Stage]) -> dict[str, Any]:
+    """``result`` (and ``reason``) of a run whose pipeline ended: ``pass``, or
+    ``incomplete`` with the stages that could not run (host mode goes on past them)."""
+    result = completed_result(s.state for s in stages)
+    if result == "pass":
+        return {"result": result}
+    not_run = [f"{s.name}: {s.reason}" for s in stages if s.state is Verdict.cannot_run]
+    return {"result": result, "reason": f"{len(not_run)} stage(s) could not run here: " + "; ".join(not_run)}
 
 
 async def _in_thread(fn: Any) -> Any:

@@ -30,7 +30,7 @@ import structlog
 
 from vetting_core.context import StageContext, execute_stage
 from vetting_core.events import DEFAULT_SEVERITY, RunEvent
-from vetting_core.model import Measurement, Verdict
+from vetting_core.model import Measurement, Verdict, stops_run
 from vetting_core.plugins import UnknownNameError
 from vetting_core.profiles import ProfileError, plan_run
 from vetting_core.protocol import (
@@ -66,6 +66,8 @@ log = structlog.get_logger()
 E = RunEventType
 _json = msgspec.json.encode
 _AGENT_ACTIVE = frozenset(s.value for s in AGENT_ACTIVE)
+# stages the pipeline moves past (a stage that could not run, when that did not stop the run)
+SETTLED = frozenset(v.value for v in (Verdict.passed, Verdict.skipped, Verdict.cannot_run))
 
 
 class TransitionConflict(Exception):
@@ -115,6 +117,8 @@ class RunService:
         elif t.next is RunState.Completed:
             updates.setdefault("result", "pass")
             updates.setdefault("completed_at", now)
+            if reason is not None:  # an incomplete run says which stages could not run
+                updates.setdefault("reason", reason)
         elif t.next in (RunState.Released, RunState.Cancelled):
             if run.get("completed_at") is None:
                 updates.setdefault("completed_at", now)
@@ -184,6 +188,7 @@ class RunService:
         non_destructive: bool,
         stages: list[str] | None,
         actor: str | None,
+        origin: str | None = None,
     ) -> tuple[dict[str, Any], str]:
         try:
             spec = parse_host_spec(host["expected_spec_yaml"])
@@ -216,11 +221,11 @@ class RunService:
         async with self.rt.unit() as u:
             run_id = await u.tx.fetchval(
                 "INSERT INTO runs (host_id, state, version, agent_token_hash, profile, non_destructive, "
-                "requested_stages_json, override_flags_json, expected_spec_json, actor, started_at, state_changed_at) "
-                "VALUES ($1, $2, 0, $3, $4, $5, $6, '{}', $7, $8, $9, $9) RETURNING id",
+                "requested_stages_json, override_flags_json, expected_spec_json, actor, started_at, state_changed_at, origin) "
+                "VALUES ($1, $2, 0, $3, $4, $5, $6, '{}', $7, $8, $9, $9, $10) RETURNING id",
                 int(host["id"]), RunState.Registered.value, token_hash(token), profile, plan.non_destructive,
                 None if stages is None else jdump(stages),
-                None if spec is None else jdump(spec_to_dict(spec)), actor, now,
+                None if spec is None else jdump(spec_to_dict(spec)), actor, now, origin,
             )
             run_id = int(run_id)
             await u.tx.executemany(
@@ -351,7 +356,8 @@ class RunService:
 
     # ---------------------------------------------------------------- advancing
     async def _advance(
-        self, u: Unit, run: dict[str, Any], *, after_ordinal: int, inline: dict[str, StageResult] | None = None
+        self, u: Unit, run: dict[str, Any], *, after_ordinal: int, inline: dict[str, StageResult] | None = None,
+        host_mode: bool | None = None,
     ) -> tuple[dict[str, Any], str | None, StageResult | None]:
         """Move past ``after_ordinal``: record orchestrator-owned stages already executed
         (``inline``), then make the next agent stage current, or finish the pipeline.
@@ -362,18 +368,20 @@ class RunService:
         )
         now = utcnow()
         for s in stages:
-            if s["state"] in ("passed", "skipped"):
+            if s["state"] in SETTLED:
                 continue
             if s["runs_on"] == "orchestrator":
                 res = inline.get(s["name"])
                 if res is None:  # not executed before the transaction (claim path): run it here
                     res = await self.run_orchestrator_stage(run, s["name"], tx=u.tx)
                 await self._store_stage_outcome(u, run, s, res, res.verdict, res.reason)
-                if res.verdict not in (Verdict.passed, Verdict.skipped):
+                if host_mode is None:
+                    host_mode = await self._host_mode(run, tx=u.tx)
+                if stops_run(res.verdict, live_image=not host_mode):
                     event = E.spec_mismatch if res.summary.get("spec_diffs") else E.stage_failed
                     run = await self.transition(
-                        u, run, event, reason=res.reason or f"{s['name']} failed", stage=s["name"],
-                        failed_stage=s["name"], current_stage=None,
+                        u, run, event, reason=_run_reason(s["name"], res.verdict, res.reason), stage=s["name"],
+                        failed_stage=s["name"], current_stage=None, **_failed_result(res.verdict),
                     )
                     return run, None, res
                 continue
@@ -389,6 +397,10 @@ class RunService:
         run = await self.transition(u, run, E.pipeline_done, current_stage=None, message="all stages done: building the report")
         u.fx.after.append(lambda rid=int(run["id"]): self.rt.reporting.build(rid))
         return run, None, None
+
+    async def _host_mode(self, run: dict[str, Any], tx: Any = None) -> bool:
+        """Host mode (boot provider ``agent``): an installed machine, not a live image."""
+        return await (tx or self.db).fetchval("SELECT boot_provider FROM hosts WHERE id = $1", int(run["host_id"])) == "agent"
 
     async def _set_current(self, u: Unit, run: dict[str, Any], name: str) -> dict[str, Any]:
         n = await u.tx.execute(
@@ -439,6 +451,10 @@ class RunService:
         tx = u.tx
         now = utcnow()
         summary = dict(res.summary)
+        began = res.started_at or as_dt(stage["started_at"])
+        if began is not None and verdict.terminal:
+            self.rt.metrics.stage_duration.labels(stage["name"], verdict.value).observe(
+                max(0.0, ((res.completed_at or now) - began).total_seconds()))
         await tx.execute(
             "UPDATE stages SET state = $2, reason = $3, started_at = $4, completed_at = $5, summary_json = $6 WHERE id = $1",
             int(stage["id"]), verdict.value, reason, res.started_at or as_dt(stage["started_at"]) or now,
@@ -499,8 +515,9 @@ class RunService:
         if lines:
             await self.rt.ingest.write_lines_tx(tx, run_id, lines)
         await u.event(
-            "stage", f"stage {stage['name']} {verdict.value}" + (f": {reason}" if reason else ""),
-            run_id=run_id, host_id=int(run["host_id"]), level="error" if verdict is Verdict.failed else "info",
+            "stage", f"stage {stage['name']} {verdict.label}" + (f": {reason}" if reason else ""),
+            run_id=run_id, host_id=int(run["host_id"]),
+            level={Verdict.failed: "error", Verdict.cannot_run: "warning"}.get(verdict, "info"),
             data={"stage": stage["name"], "verdict": verdict.value, "reason": reason},
         )
 
@@ -562,9 +579,12 @@ class RunService:
                 reason = f"critical threshold breach during the stage: {r['kind']} {r['key']} = {obs!r}"
         if wants_hold:
             verdict = Verdict.hold
+        hold_enabled = self.rt.settings.hold.enabled
+        host_mode = await self._host_mode(run)
+        stops = stops_run(verdict, live_image=not host_mode)
         # orchestrator-owned stages right after this one run now, outside the transaction
         inline: dict[str, StageResult] = {}
-        if verdict in (Verdict.passed, Verdict.skipped):
+        if not stops:
             following = await self.db.fetch(
                 "SELECT name, runs_on, state FROM stages WHERE run_id = $1 AND ordinal > $2 ORDER BY ordinal", run_id, int(stage["ordinal"])
             )
@@ -572,16 +592,14 @@ class RunService:
                 # SpecValidate must see this result's inventory: store it first
                 await self.db.execute("UPDATE runs SET inventory_json = $2 WHERE id = $1", run_id, jdump(res.inventory))
             for f in following:
-                if f["state"] in ("passed", "skipped"):
+                if f["state"] in SETTLED:
                     continue
                 if f["runs_on"] != "orchestrator":
                     break
                 r2 = await self.run_orchestrator_stage(run, f["name"])
                 inline[f["name"]] = r2
-                if r2.verdict not in (Verdict.passed, Verdict.skipped):
+                if stops_run(r2.verdict, live_image=not host_mode):
                     break
-        hold_enabled = self.rt.settings.hold.enabled
-        host_mode = await self.db.fetchval("SELECT boot_provider FROM hosts WHERE id = $1", int(run["host_id"])) == "agent"
         try:
             async with self.rt.unit() as u:
                 n = await u.tx.execute(
@@ -594,21 +612,27 @@ class RunService:
                 await self._store_stage_outcome(u, run, stage, res, verdict, reason, ev, engine)
                 next_stage = None
                 hold = False
-                if verdict in (Verdict.failed, Verdict.hold):
+                failed_stage: str | None = None
+                if stops:
                     run = await self.transition(
-                        u, run, E.stage_failed, reason=reason or f"stage {res.stage} {verdict.value}", stage=res.stage,
-                        failed_stage=res.stage, retry_stage=None,
+                        u, run, E.stage_failed, reason=_run_reason(res.stage, verdict, reason), stage=res.stage,
+                        failed_stage=res.stage, retry_stage=None, **_failed_result(verdict),
                     )
                     hold = verdict is Verdict.hold or (hold_enabled and not host_mode)
+                    failed_stage = res.stage
                 else:
                     if run["retry_stage"]:
                         run = await self._clear_retry(u, run)
-                    run, next_stage, failing = await self._advance(u, run, after_ordinal=int(stage["ordinal"]), inline=inline)
+                    run, next_stage, failing = await self._advance(
+                        u, run, after_ordinal=int(stage["ordinal"]), inline=inline, host_mode=host_mode,
+                    )
                     if failing is not None:
                         hold = hold_enabled and not host_mode
+                        failed_stage = failing.stage
                 reply = ResultReply(
                     stage=res.stage, verdict=verdict, reason=reason, next_state=run["state"],
                     next_stage=next_stage, hold=hold, breaches=breaches,
+                    failed_stage=failed_stage, run_reason=run["reason"] if failed_stage else None,
                 )
                 await u.tx.execute(
                     "UPDATE stage_results SET reply_json = $4 WHERE run_id = $1 AND stage_name = $2 AND attempt = $3",
@@ -703,6 +727,8 @@ class RunService:
                             new = await self.transition(u, run, E.release, actor=actor, message=f"released by {actor}" + (f": {reason}" if reason else ""))
                         elif action == "override":
                             new = await self._override(u, run, actor, flags or {"wipe": True}, reason)
+                        elif action == "retry_stage":  # the failed stage again, no gate overridden
+                            new = await self._override(u, run, actor, {}, reason)
                         else:
                             raise ValueError(action)
                     except InvalidTransition:
@@ -733,12 +759,25 @@ class RunService:
         new = await self.transition(
             u, run, E.override, actor=actor, stage=stage_name, retry_stage=stage_name, current_stage=stage_name,
             failed_stage=None, result=None, reason=None, completed_at=None, override_flags_json=jdump(merged),
-            message=f"override by {actor}: retry {stage_name} with {jdump(flags)}",
+            message=f"override by {actor}: retry {stage_name} with {jdump(flags)}" if flags
+            else f"retry of {stage_name} by {actor}" + (f": {reason}" if reason else ""),
         )
         eng = self.rt.engines.get(int(run["id"]))
         if eng is not None:
             eng.reset_baselines(stage_name)
         return new
+
+
+def _run_reason(stage: str, verdict: Verdict, reason: str | None) -> str:
+    """The run's reason when ``stage`` stops it: a stage that could not run says so."""
+    if verdict is Verdict.cannot_run:
+        return f"{stage} could not run here: {reason or 'no reason given'} (not a hardware failure)"
+    return reason or f"stage {stage} {verdict.value}"
+
+
+def _failed_result(verdict: Verdict) -> dict[str, str]:
+    """``runs.result`` of a run a stage stopped: ``incomplete`` when it only could not run."""
+    return {"result": "incomplete"} if verdict is Verdict.cannot_run else {}
 
 
 async def _ssh_keypair(key_dir: Path, comment: str) -> tuple[Path, str]:

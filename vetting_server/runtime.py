@@ -139,6 +139,7 @@ class Runtime:
         self.token_use_logged: set[int] = set()
         self.operator_tokens: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self.ingest: Any = None
+        self.metrics: Any = None  # Metrics (GET /metrics)
         self.service: Any = None
         self.scheduler: Any = None
         self.peers: Any = None  # PeerService

@@ -88,6 +88,7 @@ class RunOut(msgspec.Struct, kw_only=True):
     report_path: str | None = None
     boot_message: str | None = None
     actor: str | None = None
+    origin: str | None = None  # the command (or API request) that started the run
 
 
 class RunCreated(msgspec.Struct, kw_only=True):

@@ -73,6 +73,7 @@ class Runs(Table, tablename="runs"):
     agent_hostname = Text(null=True)
     agent_ip = Text(null=True)
     actor = Text(null=True)
+    origin = Text(null=True)  # the command or API request that started the run
     started_at = Timestamptz()
     state_changed_at = Timestamptz()
     hello_at = Timestamptz(null=True)

@@ -46,7 +46,7 @@ def run_out(r: dict[str, Any]) -> RunOut:
         current_stage=r["current_stage"], failed_stage=r["failed_stage"], reason=r["reason"],
         started_at=as_dt(r["started_at"]), state_changed_at=as_dt(r["state_changed_at"]),
         completed_at=as_dt(r["completed_at"]), last_heartbeat_at=as_dt(r["last_heartbeat_at"]), hold_ip=r["hold_ip"],
-        report_path=r["report_path"], boot_message=r["boot_message"], actor=r["actor"],
+        report_path=r["report_path"], boot_message=r["boot_message"], actor=r["actor"], origin=r.get("origin"),
     )
 
 

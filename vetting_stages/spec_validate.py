@@ -3,7 +3,8 @@
 Runs on the orchestrator (``runs_on="orchestrator"``: the server runs it inside the
 ``/result`` of InventoryCheck; the agent's local mode runs it itself). It puts every
 diff under ``summary["spec_diffs"]`` and fails on any critical one — the server maps
-a failed SpecValidate to the ``SpecMismatch`` event. The engine is
+a failed SpecValidate to the ``SpecMismatch`` event. A host without an expected spec
+makes it ``skipped`` with that reason: it checked nothing, so it did not pass. The engine is
 :mod:`vetting_core.specdiff`; the format is documented in ``docs/spec.md``.
 """
 
@@ -12,18 +13,19 @@ from __future__ import annotations
 import msgspec
 
 from vetting_core import hookimpl
-from vetting_core.context import StageContext, StageFailed
+from vetting_core.context import StageContext, StageFailed, StageSkipped
 from vetting_core.model import Severity
 from vetting_core.records import StageSpec
 from vetting_core.specdiff import SpecError, critical, diff_spec, spec_from_dict
 
+NO_SPEC = "no expected spec for this host: nothing to validate (register one with --spec)"
+
 
 async def run(ctx: StageContext) -> None:
     if not ctx.spec:
+        # nothing was checked: skipped with the reason (never "passed")
         ctx.summary["spec_diffs"] = []
-        ctx.summary["note"] = "no expected spec for this host: nothing to validate"
-        ctx.log("no expected spec: SpecValidate passes without checking anything", level="warning")
-        return
+        raise StageSkipped(NO_SPEC)
     if not ctx.inventory:
         raise StageFailed("no inventory to validate (InventoryCheck did not produce one)")
     try:

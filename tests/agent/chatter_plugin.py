@@ -3,7 +3,7 @@
 ``Chatter`` emits ``samples`` measurements and ``lines`` log lines spread over
 ``duration_s`` seconds (so a test can cut the network or kill the server while it
 streams). ``Judged`` emits one sample of ``value`` (a threshold in the test's plan can
-breach it). ``Faulty`` fails. Registered by hand into the registry a test passes to the
+breach it). ``Faulty`` fails. ``NoTool`` cannot run (its tool is not installed). Registered by hand into the registry a test passes to the
 agent; never installed as an entry point.
 """
 
@@ -38,6 +38,11 @@ async def judged(ctx) -> None:
 async def faulty(ctx) -> None:
     ctx.log("about to fail")
     raise StageFailed(str(ctx.params.get("reason", "the faulty stage failed on purpose")))
+
+
+async def no_tool(ctx) -> None:
+    """Runs a tool that is not installed: the stage could not run (not a failure)."""
+    await ctx.run_tool(["vetting-test-no-such-tool", "--version"])
 
 
 async def needs_gpu(ctx) -> None:  # never runs: applies() says no
@@ -86,6 +91,7 @@ STAGES = [
         thresholds=(ThresholdRule(kind="judged", key="value", op="lte", threshold=10.0),),
     ),
     StageSpec(name="Faulty", run=faulty, order=330, profiles=("quick", "agenttest")),
+    StageSpec(name="NoTool", run=no_tool, order=305, profiles=("agenttest",)),
     StageSpec(name="NeedsGpu", run=needs_gpu, order=340, profiles=("quick", "agenttest"),
               applies=lambda inv: None if inv.get("gpus") else "no GPU in the inventory"),
     StageSpec(name="Flags", run=records_flags, order=350, profiles=("quick", "agenttest")),

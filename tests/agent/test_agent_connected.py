@@ -311,3 +311,81 @@ async def test_network_stage_never_credits_a_local_peer_to_a_nic(server, registr
     leased = [line for line in log.splitlines() if "peer.leased" in line and f"run_id={run_id}" in line]
     released = [line for line in log.splitlines() if "peer.released" in line and f"run_id={run_id}" in line]
     assert len(leased) == len(released) == len(nics), log
+
+
+async def test_a_missing_tool_holds_a_live_image_run_as_incomplete_naming_the_stage(server, registry, tmp_path, capsys):
+    """Connect/PXE mode: the image must carry every tool, so a stage that could not run
+    stops the run (held like any failure) — but as ``cannot_run``/``incomplete``, not as a
+    hardware failure, and the HOLD line names the stage."""
+    host = new_host(server)
+    run_id, token = server.start_run(host["id"], profile="agenttest", stages=["NoTool", "Chatter"])
+    result: dict = {}
+
+    async def agent() -> None:
+        result["outcome"] = await run_connected(coords(server, run_id, token), registry, agent_options(tmp_path))
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent)
+            detail = await wait_state(server, run_id, "FailedHolding")
+            await anyio.sleep(0.5)
+            server.api("POST", f"/api/v1/runs/{run_id}/release").raise_for_status()
+    stages = {s["name"]: s for s in detail["stages"]}
+    assert stages["NoTool"]["state"] == "cannot_run"
+    assert stages["NoTool"]["reason"] == "vetting-test-no-such-tool is not installed (not found on PATH)"
+    assert stages["NoTool"]["summary"]["cannot_run"] == {"cause": "tool_missing", "tool": "vetting-test-no-such-tool"}
+    assert stages["Chatter"]["state"] == "pending"
+    run = detail["run"]
+    assert (run["result"], run["failed_stage"]) == ("incomplete", "NoTool")
+    assert run["reason"].startswith("NoTool could not run here: vetting-test-no-such-tool is not installed")
+    assert "(not a hardware failure)" in run["reason"]
+    out = capsys.readouterr().out
+    assert f"HOLD: run {run_id} failed (NoTool could not run here: " in out
+    events = server.api("GET", f"/api/v1/runs/{run_id}/events").json()
+    assert any(e["message"].startswith("stage NoTool could not run: ") and e["level"] == "warning" for e in events)
+
+
+async def test_a_missing_tool_in_host_mode_goes_on_and_ends_incomplete(server, registry, tmp_path):
+    host = new_host(server, boot_provider="agent")
+    run_id, _ = server.start_run(host["id"], profile="agenttest", stages=["NoTool", "Chatter"])
+    with anyio.fail_after(60):
+        rc = await run_host(server.base_url, host["agent_token"], registry, agent_options(tmp_path), once=True)
+    detail = await wait_state(server, run_id, "Completed")
+    stages = {s["name"]: s["state"] for s in detail["stages"]}
+    assert stages == {"NoTool": "cannot_run", "Chatter": "passed"}
+    assert detail["run"]["result"] == "incomplete"
+    assert detail["run"]["reason"] == (
+        "1 stage(s) could not run here: NoTool: vetting-test-no-such-tool is not installed (not found on PATH)"
+    )
+    assert rc == 3  # incomplete: neither passed (0) nor failed (1)
+    report = json.loads(server.api("GET", f"/api/v1/runs/{run_id}/report/json").text)
+    assert report["verdict"] == "incomplete"
+    assert [f["stage"] for f in report["summary"]["failures"]] == ["NoTool"]
+    ocptv = [json.loads(line) for line in server.api("GET", f"/api/v1/runs/{run_id}/report/ocptv").text.splitlines()]
+    errors = [a["testStepArtifact"]["error"] for a in ocptv if "error" in a.get("testStepArtifact", {})]
+    assert errors == [{"symptom": "cannot-run-tool-missing",
+                       "message": "vetting-test-no-such-tool is not installed (not found on PATH)"}]
+    end = ocptv[-1]["testRunArtifact"]["testRunEnd"]
+    assert end == {"status": "ERROR", "result": "NOT_APPLICABLE"}
+
+
+async def test_hold_message_names_the_orchestrator_stage_that_failed(server, registry, tmp_path, capsys):
+    """InventoryCheck passes; SpecValidate, run by the server inside that result, fails:
+    the HOLD line names SpecValidate, not InventoryCheck."""
+    host = new_host(server, spec="cpu:\n  threads: 999\n")
+    run_id, token = server.start_run(host["id"], stages=["InventoryCheck", "SpecValidate"])
+    result: dict = {}
+
+    async def agent() -> None:
+        result["outcome"] = await run_connected(coords(server, run_id, token), registry, agent_options(tmp_path))
+
+    with anyio.fail_after(90):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent)
+            await wait_state(server, run_id, "FailedHolding", timeout=80)
+            await anyio.sleep(0.5)
+            server.api("POST", f"/api/v1/runs/{run_id}/release").raise_for_status()
+    out = capsys.readouterr().out
+    hold = [line for line in out.splitlines() if line.startswith("HOLD:")]
+    assert hold and hold[0].startswith(f"HOLD: run {run_id} failed (SpecValidate: 1 critical spec mismatch(es): cpu.threads"), hold
+    assert "InventoryCheck passed" not in out

@@ -146,3 +146,8 @@ def test_local_cli_spec_mismatch_fails_at_spec_validate_with_the_diff(tmp_path):
     assert diffs["cpu.threads"]["expected"] in (4096, "4096") and str(os.cpu_count()) in str(diffs["cpu.threads"]["actual"])
     stages = {s["name"]: s for s in report["stages"]}
     assert stages["SpecValidate"]["verdict"] == "failed" and "cpu.threads" in stages["SpecValidate"]["reason"]
+    # the OCPTV export names the real command: this agent's argv
+    start = json.loads((out / "report.ocptv.jsonl").read_text().splitlines()[1])["testRunArtifact"]["testRunStart"]
+    assert start["commandLine"] == (
+        f"vetting-agent --log-level error local --profile quick --stages InventoryCheck,SpecValidate --spec {spec} --out {out}"
+    )

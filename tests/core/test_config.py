@@ -66,11 +66,32 @@ def test_wrong_key_or_value_names_the_key(tmp_path, text, expected):
     assert msg.startswith(str(tmp_path / "vetting.yaml"))
 
 
-@pytest.mark.parametrize("url", ["mysql://db/vetting", "vetting.db", "", "http://x"])
-def test_invalid_database_url(tmp_path, url):
-    assert "$.database.url must start with sqlite:// or postgresql://" in error(
-        tmp_path, f"database:\n  url: {url!r}\n"
-    )
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mysql://db/vetting", "must start with sqlite:/// or postgresql://"),
+        ("vetting.db", "must start with sqlite:/// or postgresql://"),
+        ("", "must start with sqlite:/// or postgresql://"),
+        ("http://x", "must start with sqlite:/// or postgresql://"),
+        ("sqlite://var/x.db", "is not a SQLite file URL: write sqlite:///relative/path.db"),
+        ("sqlite:///", "is not a SQLite file URL"),
+        ("sqlite:///:memory:", "is not a SQLite file URL"),
+        ("postgresql://vetting@db:5432", "names no database: write postgresql://user@host:5432/database"),
+        ("postgresql://vetting@db:port/x", "Port could not be cast to integer value"),
+    ],
+)
+def test_invalid_database_url(tmp_path, url, expected):
+    """A URL the server cannot open is refused when the configuration is read, with the
+    right form in the message (it used to pass and fail at open with a traceback)."""
+    msg = error(tmp_path, f"database:\n  url: {url!r}\n")
+    assert "$.database.url" in msg and expected in msg
+
+
+@pytest.mark.parametrize("url", ["sqlite:///var/x.db", "sqlite:////abs/x.db", "postgresql://u:p@h:5432/d", "postgres:///d"])
+def test_valid_database_urls(tmp_path, url):
+    p = tmp_path / "vetting.yaml"
+    p.write_text(f"database:\n  url: {url!r}\n")
+    assert load_settings(p).database.url == url
 
 
 def test_notification_route_to_unknown_target(tmp_path):

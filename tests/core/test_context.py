@@ -10,9 +10,19 @@ import time
 import anyio
 import pytest
 
-from vetting_core import MemorySink, StageContext, StageFailed, StageHold, StageSkipped, StageSpec, execute_stage
+from vetting_core import (
+    MemorySink,
+    StageCannotRun,
+    StageContext,
+    StageFailed,
+    StageHold,
+    StageSkipped,
+    StageSpec,
+    execute_stage,
+)
 from vetting_core.model import Verdict
-from vetting_core.tools import ToolNotFound, run_tool, stream_tool
+from vetting_core import tools
+from vetting_core.tools import ToolNotFound, run_tool, stream_tool, which
 
 pytestmark = pytest.mark.anyio
 
@@ -65,6 +75,92 @@ async def test_verdict_exceptions(tmp_path, exc, verdict, hold):
     if hold:
         assert res.summary["found"] == {"sdb": ["ext4"]}
     assert ctx.sink.lines[-1].message == f"{verdict.value}: {exc}"
+
+
+async def test_a_missing_tool_or_permission_is_cannot_run_not_failed(tmp_path, monkeypatch):
+    """The test could not run here: no finding about the machine, and the reason says
+    how to fix it."""
+
+    async def missing_tool(ctx):
+        which("vetting-no-such-tool")
+
+    async def real_run_tool(ctx):
+        await ctx.run_tool(["/nonexistent/bin/stress-ng", "--version"])
+
+    async def no_permission(ctx):
+        (tmp_path / "locked").mkdir(mode=0o000)
+        if os.geteuid() == 0:  # root reads anything: raise what an unprivileged agent gets
+            raise PermissionError(13, "Permission denied", "/dev/sda")
+        os.listdir(tmp_path / "locked")
+
+    async def explicit(ctx):
+        raise StageCannotRun("no /dev/ipmi0 and the ipmi_si module is not loaded", cause="unsupported")
+
+    cases = [
+        (missing_tool, "vetting-no-such-tool is not installed (not found on PATH)", "tool_missing", "vetting-no-such-tool"),
+        (real_run_tool, "/nonexistent/bin/stress-ng does not exist or is not executable", "tool_missing", "stress-ng"),
+        (no_permission, "no permission: ", "no_permission", None),
+        (explicit, "no /dev/ipmi0 and the ipmi_si module is not loaded", "unsupported", None),
+    ]
+    for i, (run, reason, cause, tool) in enumerate(cases):
+        ctx = ctx_for(tmp_path / str(i))
+        res = await execute_stage(spec(run), ctx)
+        assert res.verdict is Verdict.cannot_run, (run.__name__, res.reason)
+        assert res.reason.startswith(reason), res.reason
+        assert res.summary["cannot_run"] == {"cause": cause, "tool": tool}
+        assert ctx.sink.lines[-1].message.startswith("could not run: ")
+        assert not any("Traceback" in line.message for line in ctx.sink.lines)
+    # the reason names the Debian package of a tool the built-in stages run
+    monkeypatch.setitem(tools.DEBIAN_PACKAGES, "vetting-no-such-tool", "vetting-tools")
+    res = await execute_stage(spec(missing_tool), ctx_for(tmp_path / "hint"))
+    assert res.reason == "vetting-no-such-tool is not installed (not found on PATH; Debian package vetting-tools)"
+
+
+def test_stops_run_and_completed_result():
+    from vetting_core.model import completed_result, stops_run
+
+    assert stops_run(Verdict.failed, live_image=False) and stops_run(Verdict.hold, live_image=False)
+    assert stops_run(Verdict.cannot_run, live_image=True)
+    assert not stops_run(Verdict.cannot_run, live_image=False)
+    assert not stops_run(Verdict.skipped, live_image=True) and not stops_run(Verdict.passed, live_image=True)
+    assert completed_result(["passed", "skipped"]) == "pass"
+    assert completed_result([Verdict.passed, "cannot_run"]) == "incomplete"
+    assert Verdict.cannot_run.terminal and Verdict.cannot_run.label == "could not run"
+
+
+async def test_progress_reaches_the_sink_at_least_every_5_s_with_an_estimate(tmp_path, monkeypatch):
+    """A stage that reports nothing while it works still shows a live percent: estimated
+    from its duration_s (or expect_duration), repeated at least every PROGRESS_EVERY_S;
+    once it reports fractions of its own, those are what the sink gets."""
+    from vetting_core import context
+
+    monkeypatch.setattr(context, "PROGRESS_TICK_S", 0.05)
+    monkeypatch.setattr(context, "PROGRESS_EVERY_S", 0.25)
+
+    async def silent(ctx):
+        ctx.progress(0.0, "stress-ng cpu for 1s")
+        await anyio.sleep(0.6)
+
+    ctx = ctx_for(tmp_path, params={"duration_s": 1.0})
+    await execute_stage(spec(silent), ctx)
+    ups = ctx.sink.progress_updates
+    fractions = [f for _, f, _ in ups]
+    assert fractions[0] == 0.0 and 0.35 < fractions[-1] < 0.75, ups
+    assert fractions == sorted(fractions) and len(ups) >= 6
+    assert all(m == "stress-ng cpu for 1s" for _, _, m in ups)
+
+    async def own(ctx):
+        ctx.expect_duration(100.0)
+        await anyio.sleep(0.15)
+        ctx.progress(0.5, "half")  # its own figure: no more estimates
+        await anyio.sleep(0.6)
+
+    ctx = ctx_for(tmp_path)
+    await execute_stage(spec(own), ctx)
+    ups = ctx.sink.progress_updates
+    after = ups[ups.index(("T", 0.5, "half")):]
+    assert set(after) == {("T", 0.5, "half")} and len(after) >= 2  # repeated, never re-estimated
+    assert all(f < 0.01 for _, f, _ in ups[: ups.index(("T", 0.5, "half"))])
 
 
 async def test_crash_is_failed_with_traceback_in_log(tmp_path):
@@ -292,3 +388,4 @@ async def test_stream_tool_timeout():
     lines = []
     r = await stream_tool(["sh", "-c", "echo started; sleep 30"], lambda s, line: lines.append(line), timeout=0.5)
     assert r.timed_out and lines == ["started"]
+

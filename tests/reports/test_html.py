@@ -137,6 +137,7 @@ def test_every_verdict_renders(passed_record):
         ("FailedHolding", "hold", "HOLD"),
         ("Cancelled", "pending", "CANCELLED"),
         ("Running", "running", "INCOMPLETE"),
+        ("Completed", "cannot_run", "INCOMPLETE"),
     ]:
         rec = msgspec.structs.replace(
             passed_record,
@@ -155,4 +156,9 @@ def test_every_verdict_renders(passed_record):
         html = render_html(build_report(rec))
         p = parse(html)
         assert p.errors == [] and f'class="verdict">{expected}<' in html.replace("\n", "")
-        assert "What failed and why" in html
+        if expected == "INCOMPLETE":
+            assert "Why the run is incomplete" in html and "What failed" not in html
+        else:
+            assert "What failed and why" in html
+        if stage_verdict == "cannot_run":  # not a failure: its own badge, amber, in the list
+            assert '<span class="badge v-cannot_run">could not run</span> <b>Storage</b>' in html

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 pytestmark = pytest.mark.anyio
@@ -38,6 +39,30 @@ async def test_spec_mismatch_from_the_real_spec_validate(env):
     assert any(e["kind"] == "SpecMismatch" for e in ev)
     logs = await env.op("GET", f"/api/v1/runs/{run_id}/logs")
     assert "cpu.threads" in logs.text  # SpecValidate's own log lines are stored
+
+
+async def test_spec_validate_without_a_spec_is_skipped_with_the_reason(env):
+    """A host without an expected spec: SpecValidate checked nothing, so it is skipped
+    (not passed), and the reason is in the stage, the events and the HTML report."""
+    host = await env.create_host("n2", "aa:bb:cc:00:00:02")
+    run_id, tok = await env.start_run(host["id"], profile="quick", stages=["InventoryCheck", "SpecValidate"])
+    await env.agent("POST", f"/api/v1/runs/{run_id}/hello", tok, json={"agent_version": "t", "hostname": "n2"})
+    await env.agent("POST", f"/api/v1/runs/{run_id}/claim", tok, json={"agent_version": "t", "hostname": "n2"})
+    r = await env.agent("POST", f"/api/v1/runs/{run_id}/result", tok, json={
+        "stage": "InventoryCheck", "verdict": "passed", "inventory": {"cpu": {"threads": 2}}})
+    assert r.status_code == 200 and r.json()["next_state"] == "Reporting", r.text
+    reason = "no expected spec for this host: nothing to validate (register one with --spec)"
+    stage = {s["name"]: s for s in (await env.detail(run_id))["stages"]}["SpecValidate"]
+    assert (stage["state"], stage["reason"]) == ("skipped", reason)
+    ev = (await env.op("GET", f"/api/v1/runs/{run_id}/events")).json()
+    assert any(e["message"] == f"stage SpecValidate skipped: {reason}" for e in ev)
+    for _ in range(100):
+        html = await env.op("GET", f"/api/v1/runs/{run_id}/report/html")
+        if html.status_code == 200:
+            break
+        await anyio.sleep(0.1)
+    assert '<td><b>SpecValidate</b></td><td><span class="badge v-skipped">skipped</span></td>' in html.text
+    assert reason in html.text
 
 
 async def test_spec_diffs_from_any_stage_summary(env):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import time
@@ -65,7 +67,8 @@ def test_cli_login_sse_watch_and_report(tmp_path, database_url):
         finally:
             watch.kill()
         assert watch.returncode == 0, err
-        assert "InventoryCheck  50% probing" in out
+        # the live line: the local mode's, with the stage's place, percent, elapsed and ETA
+        assert re.search(r"^\[1/2\] InventoryCheck\s+50%  elapsed \d+s  ETA \d+s  probing$", out, re.M), out
         assert "stage SpecValidate passed" in out
         assert "run completed" in out or "Completed" in out
 
@@ -75,6 +78,12 @@ def test_cli_login_sse_watch_and_report(tmp_path, database_url):
         assert r.status_code == 200 and str(run_id) in r.text
         cp = srv.cli("run", "show", str(run_id), check=True)
         assert "Completed" in cp.stdout and "SpecValidate" in cp.stdout
+        # the OCPTV export names the real command that started the run, and where from
+        ocptv = srv.api("GET", f"/api/v1/runs/{run_id}/report/ocptv").text.splitlines()
+        command = json.loads(ocptv[1])["testRunArtifact"]["testRunStart"]["commandLine"]
+        assert command == (f"vetting --config {srv.config_path} run start n1 --non-destructive --stage InventoryCheck "
+                           "--stage SpecValidate  # POST /api/v1/runs by admin from 127.0.0.1")
+        assert f"started by: {command}" in cp.stdout
         cp = srv.cli("run", "list", "--state", "Completed", check=True)
         assert "n1" in cp.stdout
 
@@ -131,7 +140,7 @@ def test_restart_resumes_and_kill9_loses_nothing(tmp_path, database_url):
 def test_db_migrate_and_token_cli(tmp_path):
     srv = ServerProcess(tmp_path / "srv")
     cp = srv.cli("db", "migrate")
-    assert cp.returncode == 0 and "applied 1 migration(s): 0001" in cp.stdout
+    assert cp.returncode == 0 and "applied 2 migration(s): 0001, 0002" in cp.stdout
     cp = srv.cli("db", "migrate")
     assert "applied 0 migration(s)" in cp.stdout
     cp = srv.cli("token", "create", "--user", "ops")

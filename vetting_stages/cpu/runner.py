@@ -9,7 +9,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from vetting_core.context import StageContext
-from vetting_core.tools import ToolNotFound
 
 from .stressng import Judgement, StressNgParseError, build_argv, judge, parse_log, parse_thermal_log, parse_yaml
 
@@ -41,10 +40,8 @@ async def run_stress_ng(
     yaml_path = Path(ctx.workdir) / f"{tag}.yaml"
     yaml_path.unlink(missing_ok=True)
     argv = build_argv(stressors, duration_s=duration_s, yaml_path=str(yaml_path), options=options)
-    try:
-        result = await ctx.run_tool(argv, timeout=duration_s + GRACE_S, stream=True)
-    except ToolNotFound as exc:
-        raise RuntimeError(f"stress-ng is not installed: {exc}") from None
+    # stress-ng missing: ToolNotFound ends the stage cannot_run (not a CPU finding)
+    result = await ctx.run_tool(argv, timeout=duration_s + GRACE_S, stream=True)
     text = "\n".join(filter(None, [result.stdout, result.stderr]))
     ctx.save_text(f"{tag}-log", f"{tag}.log", text)
     report = None

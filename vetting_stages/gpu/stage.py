@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from vetting_core.context import StageContext, StageFailed
+from vetting_core.context import StageCannotRun, StageContext, StageFailed
 from vetting_core.model import Severity, ThresholdRule
 from vetting_core.records import StageSpec
 from vetting_core.tools import ToolNotFound, which
@@ -350,7 +350,7 @@ async def _run(ctx: StageContext, source: Any) -> None:
     if expected and count < int(expected):
         raise StageFailed(f"{count} GPU(s) visible to the driver, {expected} expected")
     if which_backend is None and p.get("require_burn", True):
-        raise StageFailed(f"GPU burn could not run: {why}")
+        raise StageCannotRun(f"GPU burn could not run: {why}", cause="tool_missing")
 
 
 STAGE = StageSpec(

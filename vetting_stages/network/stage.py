@@ -249,6 +249,9 @@ async def run(ctx: StageContext) -> None:
             name for name, n in inv_nics.items()
             if name and name != "lo" and not n.get("virtual") and n.get("link") in ("up", "", None)
         ]
+    # the progress estimate: one iperf3 test per NIC and direction (loopback only: one NIC)
+    tests = (1 if local else max(1, len(nics))) * (2 if p.get("reverse", True) else 1)
+    ctx.expect_duration(tests * (float(p.get("duration_s", 10)) + 1))
     if local:
         server = "127.0.0.1" if server in (None, "", "local") else str(server)
         pool = IperfServerPool(p.get("local_ports", range(5201, 5211)), bind=server)

@@ -36,11 +36,11 @@ from typing import Any
 import anyio
 
 from vetting_core import hookimpl
-from vetting_core.context import StageContext, StageFailed, StageSkipped, SubStepHandle
+from vetting_core.context import StageContext, StageSkipped, SubStepHandle
 from vetting_core.model import Measurement, Severity, ThresholdRule
 from vetting_core.records import StageSpec
 from vetting_core.thresholds import BUILTIN_OPERATORS, ThresholdEngine
-from vetting_core.tools import ToolNotFound, which
+from vetting_core.tools import which
 
 from .._common import read_sysfs, safe_name
 from .health import delta_rules, describe, health_rules, smart_thresholds
@@ -280,10 +280,7 @@ async def self_test_step(ctx: StageContext, t: dict[str, Any], report: dict[str,
 async def run(ctx: StageContext) -> None:
     """Every disk at once: smartctl reads are independent, and a drive runs its
     self-test on its own, so ten disks take as long as the slowest one."""
-    try:
-        which("smartctl")
-    except ToolNotFound as exc:
-        raise StageFailed(str(exc)) from None
+    which("smartctl")  # missing: ToolNotFound ends the stage cannot_run, not failed
     scanned = await scan(ctx)
     todo = targets(smart_disks(ctx.inventory), scanned)
     if not todo:
