@@ -37,6 +37,9 @@ from .ingest import Ingest
 from .metrics import Metrics
 from .migrate import migrate
 from .peers import PeerService
+from .bootfiles import BootFileController
+from .netboot import NetBoot
+from .power import PowerControl
 from .pxe import PxeSupervisor
 from .reporting import Reporting
 from .runs import RunService
@@ -136,6 +139,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     rt.reporting = Reporting(rt)
     rt.peers = PeerService(settings.peers)
     rt.pxe = PxeSupervisor(rt)
+    rt.power = PowerControl(rt)
+    rt.netboot = NetBoot(rt)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -177,7 +182,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
                 await rt.peers.close()
             await rt.db.close()
 
-    _document_errors(SystemController, AgentController, ArtifactController, HostController, RunController, EventController)
+    _document_errors(SystemController, AgentController, ArtifactController, HostController, RunController, EventController,
+                     BootFileController)
     # a subclass per app, so that two apps in one process keep their own limits
     agent = type("AgentController", (AgentController,), {"request_max_body_size": settings.server.max_agent_body_bytes})
     artifacts = type("ArtifactController", (ArtifactController,),
@@ -185,7 +191,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     app = VettingApp(
         route_handlers=[SystemController, agent, artifacts, HostController, RunController, EventController,
                         create_static_files_router(path=OPENAPI_ASSETS, directories=[OPENAPI_DIR],
-                                                   include_in_schema=False, cache_control=CacheControlHeader(max_age=86400))],
+                                                   include_in_schema=False, cache_control=CacheControlHeader(max_age=86400)),
+                        BootFileController],
         lifespan=[lifespan],
         exception_handlers={
             ApiError: _api_error,
