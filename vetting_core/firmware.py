@@ -26,6 +26,7 @@ about the same thing.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from fnmatch import fnmatch
 
 import msgspec
 
@@ -78,3 +79,13 @@ class InstallOutcome(msgspec.Struct, kw_only=True, frozen=True):
 
     message: str
     reboot_required: bool = False
+
+
+def image_items(items: list[FirmwareItem], image: FirmwareImage) -> list[FirmwareItem]:
+    """The inventory items ``image`` applies to (pure): those whose id or name matches
+    one of its ``targets`` globs (case-insensitive), or, without targets, those of its
+    ``component``."""
+    if image.targets:
+        return [i for i in items if any(fnmatch(i.id.lower(), t.lower()) or fnmatch(i.name.lower(), t.lower())
+                                        for t in image.targets)]
+    return [i for i in items if i.component == image.component]

@@ -90,7 +90,7 @@ class RedfishBoot:
         doc, _ = await self.system()
         return doc.get("Boot") or {}
 
-    async def _reset(self, doc: dict[str, Any], *preferred: str) -> str:
+    async def reset(self, doc: dict[str, Any], *preferred: str) -> str:
         action = (doc.get("Actions") or {}).get("#ComputerSystem.Reset") or {}
         target = action.get("target") or f"{await self.system_path()}/Actions/ComputerSystem.Reset"
         kind = pick_reset(action.get("ResetType@Redfish.AllowableValues"), *preferred)
@@ -111,14 +111,14 @@ class RedfishBoot:
         enabled = now.get("BootSourceOverrideEnabled")
         note = "" if enabled in (None, "Once") else f" (the BMC reports {enabled}; cleared after the verdict)"
         was_on = str(doc.get("PowerState")) in ("On", "PoweringOn", "Paused")
-        kind = await self._reset(doc, *(("ForceRestart", "PowerCycle", "GracefulRestart") if was_on else ("On", "ForceOn")))
+        kind = await self.reset(doc, *(("ForceRestart", "PowerCycle", "GracefulRestart") if was_on else ("On", "ForceOn")))
         return f"Redfish {self.where}: next boot from PXE{note}; {kind} ({'it was on' if was_on else 'it was off'})"
 
     async def power_off(self, host: Any = None) -> str:
         doc, _ = await self.system()
         if doc.get("PowerState") in ("Off", "PoweringOff"):
             return f"Redfish {self.where}: already off"
-        kind = await self._reset(doc, "ForceOff", "GracefulShutdown")
+        kind = await self.reset(doc, "ForceOff", "GracefulShutdown")
         return f"Redfish {self.where}: {kind}"
 
     async def clear_boot_override(self, host: Any = None) -> str:

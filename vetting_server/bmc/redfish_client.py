@@ -182,8 +182,9 @@ class RedfishClient:
                              transient=transient)
         return r
 
-    async def _request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-                       **kw: Any) -> Any:
+    async def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                      **kw: Any) -> Any:
+        """One request, no retry (a push that must reopen its file retries itself)."""
         if self._http is not None and self.sessions and self._token is None:
             await self._login()
         try:
@@ -201,7 +202,7 @@ class RedfishClient:
                    **kw: Any) -> Any:
         """One request (an ``httpx.Response``), retried with backoff while the BMC does
         not answer. ``kw`` goes to httpx (``files=``, ``data=`` for a multipart push)."""
-        return await with_retries(lambda: self._request(method, path, body, headers, **kw), attempts=self.c.attempts,
+        return await with_retries(lambda: self.request(method, path, body, headers, **kw), attempts=self.c.attempts,
                                   what=f"redfish {self.where}")
 
     async def get(self, path: str) -> dict[str, Any]:
