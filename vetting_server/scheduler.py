@@ -1,7 +1,9 @@
 """Background work of the server: dispatcher, watchdog, heartbeat flush, janitor.
 
 - **Dispatcher**: moves ``Queued`` runs to ``WaitingBoot`` while fewer than
-  ``dispatcher.concurrency`` runs are booting or running, then asks the host's boot
+  ``dispatcher.concurrency`` runs are booting or running (and its host's firmware is
+  not being updated), reads the host's firmware inventory from its BMC for the
+  Firmware stage when the host has a firmware provider, then asks the host's boot
   provider plugin to ``power_on`` (→ ``Booting``, or ``Failed`` with the provider's
   error). Woken at once when a run is created, and every ``dispatcher.interval_s``.
 - **Watchdog** (every second): boot timeout (no hello within ``timeouts.boot_s``),
@@ -96,7 +98,9 @@ class Scheduler:
             "SELECT r.id, h.id AS host_id, h.name, h.mac, h.boot_provider, h.boot_config_json FROM runs r "
             "JOIN hosts h ON h.id = r.host_id WHERE r.state = 'Queued' "
             "AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.host_id = r.host_id AND o.id <> r.id "
-            "AND o.state IN ('WaitingBoot', 'Booting', 'Running', 'Reporting')) ORDER BY r.id LIMIT $1",
+            "AND o.state IN ('WaitingBoot', 'Booting', 'Running', 'Reporting')) "
+            "AND NOT EXISTS (SELECT 1 FROM firmware_updates f WHERE f.host_id = r.host_id AND f.state = 'running') "
+            "ORDER BY r.id LIMIT $1",
             free,
         )
         for row in queued:
@@ -117,6 +121,8 @@ class Scheduler:
             await svc.apply(run_id, E.boot_failed, expect={"WaitingBoot"},
                             reason=f"boot provider {row['boot_provider']!r} is not installed")
             return
+        if self.rt.firmware is not None:
+            await self.rt.firmware.bmc_firmware_for_run(run_id, int(row["host_id"]))
         try:
             config = msgspec.convert(host.boot_config, provider.config_type) if provider.config_type else host.boot_config
             with anyio.fail_after(60):
