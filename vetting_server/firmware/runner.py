@@ -108,7 +108,7 @@ class CampaignRunner:
                         text=f"not started: {first['host_name']} failed ({why}) and the plan stops on the first failure")
             waiting = []
         if not waiting and not active:
-            await self._finish(plan, updates, failed)
+            await self._finish(plan, await self.store.updates(plan_id), failed)
             return
         if failed and policy.stop_on_failure:
             return  # let the running ones end; start nothing more
