@@ -26,10 +26,9 @@ from ..errors import conflict, not_found
 from ..runs import jload
 from ..runtime import Runtime, Unit
 from .plans import ArtifactRef, PlanDocument, Policy, Vet
+from .report import OFFER_EVENT
 
 log = structlog.get_logger()
-
-OFFER_EVENT = "firmware.remediation_offered"
 
 
 def mismatch(diff: dict[str, Any]) -> tuple[str, list[str]]:
