@@ -34,6 +34,9 @@ from .firmware.store import FirmwareStore
 from .ingest import Ingest
 from .migrate import migrate
 from .peers import PeerService
+from .bootfiles import BootFileController
+from .netboot import NetBoot
+from .power import PowerControl
 from .pxe import PxeSupervisor
 from .reporting import Reporting
 from .runs import RunService
@@ -133,6 +136,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     rt.reporting = Reporting(rt)
     rt.peers = PeerService(settings.peers)
     rt.pxe = PxeSupervisor(rt)
+    rt.power = PowerControl(rt)
+    rt.netboot = NetBoot(rt)
     rt.firmware = FirmwareStore(rt)
     rt.campaigns = CampaignRunner(rt, rt.firmware)
 
@@ -179,7 +184,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
 
     firmware = (FirmwareController, FirmwareArtifactController, RemediationController)
     _document_errors(SystemController, AgentController, ArtifactController, HostController, RunController, EventController,
-                     *firmware)
+                     BootFileController, *firmware)
     # a subclass per app, so that two apps in one process keep their own limits
     agent = type("AgentController", (AgentController,), {"request_max_body_size": settings.server.max_agent_body_bytes})
     artifacts = type("ArtifactController", (ArtifactController,),
@@ -188,7 +193,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
                   {"request_max_body_size": settings.firmware.max_image_bytes})
     app = VettingApp(
         route_handlers=[SystemController, agent, artifacts, HostController, RunController, EventController,
-                        FirmwareController, images, RemediationController, FirmwareImageController],
+                        BootFileController, FirmwareController, images, RemediationController, FirmwareImageController],
         lifespan=[lifespan],
         exception_handlers={
             ApiError: _api_error,

@@ -144,6 +144,8 @@ class Runtime:
         self.scheduler: Any = None
         self.peers: Any = None  # PeerService
         self.pxe: Any = None  # PxeSupervisor
+        self.power: Any = None  # PowerControl
+        self.netboot: Any = None  # NetBoot
         self.firmware: Any = None  # firmware.store.FirmwareStore
         self.campaigns: Any = None  # firmware.runner.CampaignRunner
         self._last_full: datetime | None = None
