@@ -130,3 +130,9 @@ async def pxe_token(fw, mac: str) -> str:
     r = await fw.client.get(f"/ipxe/{mac}")
     assert r.status_code == 200, r.text
     return r.text.split("vetting.token=", 1)[1].split()[0]
+
+
+@pytest.fixture
+def fw_settings():
+    # the iPXE script names a live image; the "host" here never fetches it
+    return {"pxe": {"kernel_url": "http://127.0.0.1:9/vmlinuz", "initrd_url": "http://127.0.0.1:9/initrd.img"}}

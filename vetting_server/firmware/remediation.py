@@ -11,8 +11,10 @@ the host has a firmware provider, the failure is fixable without another tool:
 - ``GET /api/v1/runs/{id}/firmware-remediation`` shows the offer now (images added
   since count), ``POST`` starts it: a one-host plan (the images, ``max_concurrent`` 1,
   ``vet_after_update`` with the failed run's profile, stages and destructiveness) that
-  updates through the BMC and then starts a new vetting run. A run held for
-  inspection is released first: choosing to update is choosing to let go of it;
+  updates through the BMC and then starts a new vetting run. The failed run is
+  released first (a hold would otherwise keep the host for hours): choosing to update
+  is choosing to let go of it; the server's clean-up after it (boot override cleared,
+  host powered off) happens before the update starts;
 - with ``firmware.auto_remediate: true`` the plan is started by that policy at once.
 """
 
@@ -105,7 +107,7 @@ async def remediate(rt: Runtime, run_id: int, *, actor: str, approval_required: 
     if active:
         raise conflict(f"run {run_id} is already being remediated by firmware plan {active}", plan_id=int(active))
     run = await rt.db.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
-    if run["state"] == "FailedHolding":
+    if run["state"] in ("Failed", "FailedHolding"):  # no hold will be wanted: the host is handed to the update
         await rt.service.operator_action(run_id, "release", actor=actor, reason="released for a firmware update and re-vet")
     arts = {int(x["artifact"]["id"]): x["artifact"] for x in o["offers"]}
     doc = PlanDocument(

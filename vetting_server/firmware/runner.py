@@ -11,7 +11,8 @@ A step (every ``firmware.interval_s``, and at once when an operator acts):
    until when); updates already running go on — a flash is never cut off;
 4. **start**: up to ``max_concurrent`` hosts out of service at once — updating,
    waiting to retry, or in the vetting run that follows — in priority order,
-   skipping a host that has a vetting run in progress or is updated by another plan.
+   skipping a host that has a vetting run in progress (or its power clean-up still
+   due: the server would power it off mid-flash) or is updated by another plan.
 
 One host's update (:meth:`CampaignRunner.update_host`), each artifact in order:
 check the stored image's SHA-256 (a mismatch fails the host before the BMC is even
@@ -136,10 +137,13 @@ class CampaignRunner:
 
     async def _host_busy(self, upd: dict[str, Any]) -> str | None:
         run = await self.db.fetchrow(
-            f"SELECT id, state FROM runs WHERE host_id = $1 AND state IN ({', '.join(repr(s) for s in BUSY_RUN_STATES)}) "
-            "ORDER BY id DESC LIMIT 1", int(upd["host_id"]))
-        if run is not None:
+            f"SELECT id, state, power_due_at FROM runs WHERE host_id = $1 AND (state IN "
+            f"({', '.join(repr(s) for s in BUSY_RUN_STATES)}) OR power_due_at IS NOT NULL) ORDER BY id DESC LIMIT 1",
+            int(upd["host_id"]))
+        if run is not None and run["state"] in BUSY_RUN_STATES:
             return f"vetting run {run['id']} is {run['state']}"
+        if run is not None:  # the server still has to clear the boot override and power the host off
+            return f"the clean-up after vetting run {run['id']} is due at {as_dt(run['power_due_at']).isoformat(timespec='seconds')}"
         other = await self.db.fetchval(
             "SELECT plan_id FROM firmware_updates WHERE host_id = $1 AND plan_id <> $2 AND state = 'running'",
             int(upd["host_id"]), int(upd["plan_id"]))
