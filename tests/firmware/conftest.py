@@ -1,19 +1,23 @@
-"""Fixtures of the firmware-campaign tests: a real server on a loopback socket (so a BMC
-can download an image from it), on SQLite and PostgreSQL, with every installed plugin;
-and test BMCs (:class:`tests.support.firmware_bmc.FirmwareBmc`)."""
+"""Fixtures of the firmware-campaign tests: the server suite's server on a loopback
+socket (so a BMC can download an image from it), on SQLite and PostgreSQL; and test
+BMCs (:class:`tests.support.firmware_bmc.FirmwareBmc`)."""
 
 from __future__ import annotations
 
-import socket
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 
-from tests.server.conftest import Env, create_operator_token, database_url, make_settings, pg_databases  # noqa: F401
+from tests.server.conftest import (  # noqa: F401 - the server suite's fixtures, shared
+    Env,
+    database_url,
+    pg_databases,
+    socket_env,
+    test_registry,
+)
 from tests.support.firmware_bmc import FirmwareBmc
 
 BMC_PW_ENV = "VETTING_TEST_BMC_PW"
@@ -79,33 +83,19 @@ def fw_settings() -> dict[str, Any]:
 
 
 @pytest.fixture
-async def fw(database_url, tmp_path, monkeypatch, fw_settings):  # noqa: F811
-    """A server (real app and lifespan, uvicorn) on a loopback socket in this event loop."""
-    import uvicorn
+def settings_overrides(fw_settings) -> dict[str, Any]:
+    return {"firmware": {"interval_s": 0.2}, "hold": {"enabled": False}, **fw_settings}
 
-    from vetting_core.plugins import load_registry
-    from vetting_server.app import create_app
 
+@pytest.fixture
+async def fw(socket_env, monkeypatch):  # noqa: F811
+    """The server on a loopback socket (``socket_env``), every plugin installed; BMCs
+    download images from it."""
     monkeypatch.setenv(BMC_PW_ENV, "s3cret")  # FirmwareBmc's password
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    base = "http://127.0.0.1:%d" % sock.getsockname()[1]
-    sections = {"firmware": {"interval_s": 0.2, "image_base_url": base}, "hold": {"enabled": False},
-                "server": {"public_url": base}, **fw_settings}
-    app = create_app(make_settings(database_url, tmp_path, **sections), registry=load_registry())
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        with anyio.fail_after(30):
-            while not server.started:
-                await anyio.sleep(0.01)
-        try:
-            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-                env = FwEnv(app, client, await create_operator_token(app.state.rt))
-                env.bmcs = []
-                yield env
-        finally:
-            server.should_exit = True
+    socket_env.rt.settings.firmware.image_base_url = str(socket_env.client.base_url)
+    env = FwEnv(socket_env.app, socket_env.client, socket_env.token)
+    env.bmcs = []
+    return env
 
 
 @pytest.fixture

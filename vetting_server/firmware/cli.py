@@ -9,7 +9,6 @@ the store lacks it, and sends the plan pinned to that SHA-256.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +26,9 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .store import sha256_file  # the server side's, imported when a command needs it
+
+    return sha256_file(path)
 
 
 def _chunks(path: Path) -> Iterator[bytes]:

@@ -95,7 +95,7 @@ class CampaignRunner:
             return
         policy = msgspec.json.decode(plan["policy_json"], type=Policy)
         updates = await self.store.updates(plan_id)
-        failed = [u for u in updates if u["state"] == "failed" or u["vet_result"] in ("fail", "cancelled")]
+        failed = [u for u in updates if host_failed(u, policy)]
         vetting = [u for u in updates if u["state"] == "completed" and u["vet_run_id"] is not None and u["vet_result"] is None]
         active = [u for u in updates if u["state"] in {s.value for s in UPDATE_ACTIVE}] + vetting
         waiting = [u for u in updates if u["state"] == "pending"]
@@ -109,7 +109,7 @@ class CampaignRunner:
                         text=f"not started: {first['host_name']} failed ({why}) and the plan stops on the first failure")
             waiting = []
         if not waiting and not active:
-            await self._finish(plan, await self.store.updates(plan_id), failed)
+            await self._finish(plan, policy, await self.store.updates(plan_id), failed)
             return
         if failed and policy.stop_on_failure:
             return  # let the running ones end; start nothing more
@@ -164,8 +164,9 @@ class CampaignRunner:
         if plan["waiting"] != note:
             await self.db.execute("UPDATE firmware_plans SET waiting = $2 WHERE id = $1", int(plan["id"]), note)
 
-    async def _finish(self, plan: dict[str, Any], updates: list[dict[str, Any]], failed: list[dict[str, Any]]) -> None:
-        done = sum(1 for u in updates if u["state"] == "completed" and u["vet_result"] in (None, "pass"))
+    async def _finish(self, plan: dict[str, Any], policy: Policy, updates: list[dict[str, Any]],
+                      failed: list[dict[str, Any]]) -> None:
+        done = sum(1 for u in updates if u["state"] == "completed" and not host_failed(u, policy))
         cancelled = sum(1 for u in updates if u["state"] == "cancelled")
         summary = f"{done} of {len(updates)} host(s) updated" + (f", {len(failed)} failed" if failed else "") + \
             (f", {cancelled} not started" if cancelled else "")
@@ -237,10 +238,13 @@ class CampaignRunner:
                         log.warning("firmware.close_failed", update=update_id, error=str(exc))
         changes = [f"{a['component']} {a['before'] or '?'} → {a['after']}" if a["before"] != a["after"]
                    else f"{a['component']} already {a['after']}" for a in ctx["artifacts"]]
-        new = await self._move(update_id, "succeed", f"firmware updated: {'; '.join(changes)}", phase="verify", percent=100,
-                               ctx_json=jdump(ctx), message=f"done: {'; '.join(changes)}")
-        if new is not None and policy.vet_after_update is not None:
-            await self._vet(new, plan, policy)
+        # the vetting run is created before the update is marked done, so no step ever
+        # sees the host finished and not yet handed over (the dispatcher holds the run
+        # back until then: the host's update is still running)
+        vet_run_id, vet_error = await self._vet(upd, plan, policy) if policy.vet_after_update else (None, None)
+        await self._move(update_id, "succeed", f"firmware updated: {'; '.join(changes)}", phase="verify", percent=100,
+                         ctx_json=jdump(ctx), message=f"done: {'; '.join(changes)}", vet_run_id=vet_run_id,
+                         reason=vet_error)
 
     async def _install_one(self, provider: Any, art: dict[str, Any], image: Any, before: list[FirmwareItem],
                            policy: Policy, progress: Progress, ctx: dict[str, Any]) -> None:
@@ -291,7 +295,8 @@ class CampaignRunner:
             await self._move(update_id, "fail", f"update failed in phase {row['phase'] or 'start'}: {reason}",
                              reason=reason, ctx_json=jdump(ctx))
 
-    async def _vet(self, upd: dict[str, Any], plan: dict[str, Any], policy: Policy) -> None:
+    async def _vet(self, upd: dict[str, Any], plan: dict[str, Any], policy: Policy) -> tuple[int | None, str | None]:
+        """Start the vetting run after the update: (its id, None) or (None, why not)."""
         vet = policy.vet_after_update
         assert vet is not None
         host = await self.db.fetchrow("SELECT * FROM hosts WHERE id = $1", int(upd["host_id"]))
@@ -302,13 +307,11 @@ class CampaignRunner:
             async with self.rt.unit() as u:
                 await u.event("firmware.vet_failed", f"{host['name']}: the vetting run after the update could not start: "
                               f"{exc.detail}", host_id=int(host["id"]), plan_id=int(plan["id"]), level="error")
-            await self.db.execute("UPDATE firmware_updates SET reason = $2 WHERE id = $1", int(upd["id"]),
-                                  f"vetting run not started: {exc.detail}")
-            return
-        await self.db.execute("UPDATE firmware_updates SET vet_run_id = $2 WHERE id = $1", int(upd["id"]), int(run["id"]))
+            return None, f"vetting run not started: {exc.detail}"
         async with self.rt.unit() as u:
             await u.event("firmware.vet_started", f"{host['name']}: vetting run {run['id']} started after the update "
                           f"(profile {vet.profile})", host_id=int(host["id"]), plan_id=int(plan["id"]), run_id=int(run["id"]))
+        return int(run["id"]), None
 
     # ------------------------------------------------------------------ row helpers
     async def _set(self, update_id: int, **fields: Any) -> None:
@@ -331,6 +334,16 @@ class CampaignRunner:
                 log.warning("firmware.move_refused", update=update_id, move=move, error=str(exc))
                 return None
         return None
+
+
+def host_failed(upd: dict[str, Any], policy: Policy) -> bool:
+    """The update failed, or the vetting run after it failed, was cancelled, or could
+    not start (pure over the row joined with its vetting run)."""
+    if upd["state"] == UpdateState.failed.value:
+        return True
+    if upd["state"] != UpdateState.completed.value or policy.vet_after_update is None:
+        return False
+    return upd["vet_result"] in ("fail", "cancelled") or upd["vet_run_id"] is None
 
 
 class Progress:
