@@ -20,6 +20,7 @@ from .context import (
     execute_stage,
 )
 from .events import RunEvent, RunEventKind
+from .firmware import FirmwareImage, FirmwareItem, FirmwareUpdateError, InstallOutcome
 from .model import (
     Artifact,
     FirmwareSnapshot,
@@ -33,6 +34,7 @@ from .plugins import Registry, create_plugin_manager, load_registry
 from .records import (
     BootProviderSpec,
     EventObserverSpec,
+    FirmwareProviderSpec,
     NotifierSpec,
     OperatorSpec,
     ProbeSpec,
@@ -53,7 +55,12 @@ __all__ = [
     "BootError",
     "BootProviderSpec",
     "EventObserverSpec",
+    "FirmwareImage",
+    "FirmwareItem",
+    "FirmwareProviderSpec",
     "FirmwareSnapshot",
+    "FirmwareUpdateError",
+    "InstallOutcome",
     "Measurement",
     "MemorySink",
     "NotifierSpec",

@@ -145,6 +145,16 @@ class RetentionSettings(_Section):
     janitor_interval_minutes: float = 60.0
 
 
+class FirmwareSettings(_Section):
+    """Firmware campaigns (``vetting_server.firmware``)."""
+
+    image_base_url: str | None = None  # how BMCs reach the server for SimpleUpdate; default server.public_url
+    interval_s: float = 2.0  # how often running plans are stepped and an update's verify re-reads the inventory
+    max_image_bytes: int = 2 << 30  # largest firmware image accepted into the artifact store
+    auto_remediate: bool = False  # a Firmware stage failing on versions a known artifact fixes starts "update and re-vet"
+    bmc_inventory_timeout_s: float = 30.0  # reading a host's BMC firmware inventory for its Firmware stage
+
+
 class PluginSettings(_Section):
     disable: list[str] = []  # plugin (entry point) names; also $VETTING_DISABLE_PLUGINS
 
@@ -165,6 +175,7 @@ class Settings(_Section):
     notifications: NotificationSettings = msgspec.field(default_factory=NotificationSettings)
     peers: PeerSettings = msgspec.field(default_factory=PeerSettings)
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
+    firmware: FirmwareSettings = msgspec.field(default_factory=FirmwareSettings)
     plugins: PluginSettings = msgspec.field(default_factory=PluginSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
@@ -319,6 +330,9 @@ def _ranges(settings: Settings) -> list[tuple[str, float, float, float]]:
         ("$.retention.artifacts_days", s.retention.artifacts_days, 0, inf),
         ("$.retention.logs_days", s.retention.logs_days, 0, inf),
         ("$.retention.janitor_interval_minutes", s.retention.janitor_interval_minutes, 0.1, inf),
+        ("$.firmware.interval_s", s.firmware.interval_s, 0.05, 3600),
+        ("$.firmware.max_image_bytes", s.firmware.max_image_bytes, 1, inf),
+        ("$.firmware.bmc_inventory_timeout_s", s.firmware.bmc_inventory_timeout_s, 1, 600),
     ]
     for i, t in enumerate(s.notifications.targets):
         out.append((f"$.notifications.targets[{i}].timeout_s", t.timeout_s, 0.1, inf))

@@ -17,6 +17,7 @@ from ._markers import hookspec
 from .records import (
     BootProviderSpec,
     EventObserverSpec,
+    FirmwareProviderSpec,
     NotifierSpec,
     OperatorSpec,
     ProbeSpec,
@@ -214,4 +215,43 @@ def vetting_event_observers() -> Iterable[EventObserverSpec]:
         @hookimpl
         def vetting_event_observers():
             return [EventObserverSpec(name="cmdb", handle=to_cmdb)]
+    """
+
+
+@hookspec
+def vetting_firmware_providers() -> Iterable[FirmwareProviderSpec]:
+    """Register firmware-update providers: how the orchestrator reads a host's firmware
+    inventory and installs an image through its BMC (built in: ``redfish``).
+
+    Example::
+
+        import msgspec
+        from vetting_core import FirmwareItem, FirmwareProviderSpec, InstallOutcome, hookimpl
+
+        class VendorConfig(msgspec.Struct):
+            address: str
+            token_env: str
+
+        class VendorTool:
+            def __init__(self, config: VendorConfig):
+                self.c = config
+
+            async def inventory(self):
+                return [FirmwareItem(id="BIOS", name="System BIOS", version="2.1.0", component="bios")]
+
+            async def install(self, image, progress):
+                await progress("download", None, f"pushing {image.filename}")
+                ...  # hand image.path (verified against image.sha256) to the vendor's tool
+                await progress("install", 100, "flashed")
+                return InstallOutcome(message="flashed", reboot_required=True)
+
+            async def reboot(self, progress):
+                return "power cycled"
+
+            async def close(self):
+                pass
+
+        @hookimpl
+        def vetting_firmware_providers():
+            return [FirmwareProviderSpec(kind="vendor", factory=VendorTool, config_type=VendorConfig)]
     """

@@ -8,8 +8,8 @@ Loading order (as in tox): block list → entry points of the ``vetting`` group 
 built-ins are registered there too, so what is installed is what runs) → plugins
 passed explicitly → ``check_pending()``. A plugin that fails to import, or whose hook
 raises, is reported in ``Registry.broken`` and skipped; two plugins registering the
-same stage, probe, operator, notifier kind, boot provider kind, report section or
-observer name raise :class:`DuplicateNameError` naming both.
+same stage, probe, operator, notifier kind, boot or firmware provider kind, report
+section or observer name raise :class:`DuplicateNameError` naming both.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ._markers import PROJECT
 from .records import (
     BootProviderSpec,
     EventObserverSpec,
+    FirmwareProviderSpec,
     NotifierSpec,
     OperatorSpec,
     ProbeSpec,
@@ -91,6 +92,7 @@ _HOOKS: dict[str, tuple[str, type, str]] = {
     "vetting_boot_providers": ("boot_providers", BootProviderSpec, "kind"),
     "vetting_report_sections": ("report_sections", ReportSectionSpec, "name"),
     "vetting_event_observers": ("observers", EventObserverSpec, "name"),
+    "vetting_firmware_providers": ("firmware_providers", FirmwareProviderSpec, "kind"),
 }
 
 
@@ -105,6 +107,7 @@ class Registry:
     boot_providers: dict[str, BootProviderSpec] = field(default_factory=dict)
     report_sections: dict[str, ReportSectionSpec] = field(default_factory=dict)
     observers: dict[str, EventObserverSpec] = field(default_factory=dict)
+    firmware_providers: dict[str, FirmwareProviderSpec] = field(default_factory=dict)
     profile_specs: list[tuple[str, ProfileSpec]] = field(default_factory=list)
     plugins: list[PluginInfo] = field(default_factory=list)
     broken: list[BrokenPlugin] = field(default_factory=list)

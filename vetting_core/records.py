@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from .model import ThresholdRule
 
 if TYPE_CHECKING:
+    from .firmware import FirmwareImage, FirmwareItem, InstallOutcome, Progress
     from .context import StageContext
     from .events import RunEvent
 
@@ -167,6 +168,35 @@ class BootProviderSpec:
 
     kind: str
     factory: Callable[[Any], BootProvider]
+    config_type: type | None = None
+    description: str = ""
+
+
+class FirmwareProvider(Protocol):
+    """What the orchestrator calls to update one host (see :mod:`vetting_core.firmware`).
+    One object per host update; ``close()`` is always called at the end."""
+
+    async def inventory(self) -> list[FirmwareItem]: ...
+
+    async def install(self, image: FirmwareImage, progress: Progress) -> InstallOutcome: ...
+
+    async def reboot(self, progress: Progress) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class FirmwareProviderSpec:
+    """A way to read and update a host's firmware through its management controller
+    (built in: ``redfish``).
+
+    ``factory(config)`` gets the host's ``firmware_config`` (or, when the host has
+    none and its boot provider is of the same kind, its ``boot_config``) converted
+    into ``config_type``, and returns a :class:`FirmwareProvider`.
+    """
+
+    kind: str
+    factory: Callable[[Any], FirmwareProvider]
     config_type: type | None = None
     description: str = ""
 

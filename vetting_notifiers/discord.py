@@ -54,7 +54,7 @@ class DiscordNotifier:
             "timestamp": event.ts.isoformat(),
             "fields": [
                 _field("Host", message.host_label(event)),
-                _field("Run", str(event.run_id)),
+                _field(*message.reference_field(event)),
                 _field("Stage", event.stage or "—"),
                 _field("Verdict", message.verdict(event)),
                 _field("Severity", sev),

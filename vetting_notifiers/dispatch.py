@@ -58,7 +58,7 @@ class DeliveryAttempt(msgspec.Struct, kw_only=True, frozen=True):
     target: str
     kind: str  # notifier kind: ntfy, discord, smtp, webhook...
     event_kind: str
-    run_id: int
+    run_id: int | None
     attempt: int
     ok: bool
     outcome: Outcome

@@ -20,6 +20,11 @@ _VERDICT = {
     "RunCompleted": "passed",
     "RunFailed": "failed",
     "AgentLost": "agent lost",
+    "FirmwareUpdateStarted": "firmware update started",
+    "FirmwareUpdateRetrying": "firmware update retrying",
+    "FirmwareUpdateCompleted": "firmware updated",
+    "FirmwareUpdateFailed": "firmware update failed",
+    "FirmwareUpdateCancelled": "firmware update cancelled",
 }
 
 
@@ -53,10 +58,24 @@ def host_label(event: RunEvent) -> str:
     return "unknown host"
 
 
+def reference(event: RunEvent) -> str:
+    """``run 42``, or ``firmware plan 3`` for a firmware update's event."""
+    if event.run_id is None and event.plan_id is not None:
+        return f"firmware plan {event.plan_id}"
+    return f"run {event.run_id}"
+
+
+def reference_field(event: RunEvent) -> tuple[str, str]:
+    """``("Run", "42")`` or ``("Plan", "3")``: the row naming what the event is about."""
+    if event.run_id is None and event.plan_id is not None:
+        return "Plan", str(event.plan_id)
+    return "Run", str(event.run_id)
+
+
 def title(event: RunEvent) -> str:
     """``Vetting: web-07 failed at SMART (run 42)``-style one-liner."""
     where = f" at {clean(event.stage, 80)}" if event.stage else ""
-    return clean(f"Vetting: {host_label(event)} {verdict(event)}{where} (run {event.run_id})", 200)
+    return clean(f"Vetting: {host_label(event)} {verdict(event)}{where} ({reference(event)})", 200)
 
 
 def body(event: RunEvent) -> str:
@@ -66,7 +85,10 @@ def body(event: RunEvent) -> str:
         lines.append(clean(event.message, 2000))
         lines.append("")
     lines.append(f"Host:     {host_label(event)}")
-    lines.append(f"Run:      {event.run_id}")
+    if event.run_id is not None:
+        lines.append(f"Run:      {event.run_id}")
+    if event.plan_id is not None:
+        lines.append(f"Plan:     {event.plan_id}")
     if event.stage:
         lines.append(f"Stage:    {clean(event.stage, 80)}")
     lines.append(f"Event:    {kind_of(event)} ({severity_of(event)})")

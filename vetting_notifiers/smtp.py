@@ -74,7 +74,7 @@ def html_body(event: RunEvent) -> str:
     colour = {"critical": "#b42318", "warning": "#b54708", "info": "#067647"}.get(sev, "#333")
     rows = [
         ("Host", message.host_label(event)),
-        ("Run", str(event.run_id)),
+        message.reference_field(event),
         ("Stage", message.clean(event.stage or "—", 80)),
         ("Verdict", message.verdict(event)),
         ("Event", f"{message.kind_of(event)} ({sev})"),
@@ -114,7 +114,10 @@ class SmtpNotifier:
         msg["Date"] = formatdate(localtime=False)
         msg["Message-ID"] = make_msgid(domain=c.from_addr.rpartition("@")[2] or None)
         msg["X-Vetting-Event"] = message.kind_of(event)
-        msg["X-Vetting-Run"] = str(event.run_id)
+        if event.run_id is not None:
+            msg["X-Vetting-Run"] = str(event.run_id)
+        if event.plan_id is not None:
+            msg["X-Vetting-Plan"] = str(event.plan_id)
         msg.set_content(message.body(event))
         msg.add_alternative(html_body(event), subtype="html")
         return msg

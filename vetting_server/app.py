@@ -33,6 +33,9 @@ from .api_agent import EDGE_ROUTES, AgentController, ArtifactController, artifac
 from .api_operator import EventController, HostController, RunController, SystemController
 from .database import safe_url
 from .errors import ApiError
+from .firmware.api import FirmwareArtifactController, FirmwareController, FirmwareImageController, RemediationController
+from .firmware.runner import CampaignRunner
+from .firmware.store import FirmwareStore
 from .ingest import Ingest
 from .metrics import Metrics
 from .migrate import migrate
@@ -92,6 +95,7 @@ _ERRORS = {
     409: "conflict with the run's state, a different second result, a duplicate name or MAC",
     413: "request body over the limit",
     422: "invalid MAC, host name, expected spec, profile or stage (extra.field names it)",
+    502: "the host's BMC did not answer or refused (the message names it)",
     503: "no test peer free right now (retry later)",
 }
 
@@ -141,6 +145,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     rt.pxe = PxeSupervisor(rt)
     rt.power = PowerControl(rt)
     rt.netboot = NetBoot(rt)
+    rt.firmware = FirmwareStore(rt)
+    rt.campaigns = CampaignRunner(rt, rt.firmware)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -162,6 +168,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
                 tg.start_soon(rt.scheduler.run)
                 tg.start_soon(rt.peers.run)
                 tg.start_soon(rt.pxe.run)
+                tg.start_soon(rt.campaigns.run)
                 try:
                     yield
                 finally:
@@ -182,17 +189,20 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
                 await rt.peers.close()
             await rt.db.close()
 
+    firmware = (FirmwareController, FirmwareArtifactController, RemediationController)
     _document_errors(SystemController, AgentController, ArtifactController, HostController, RunController, EventController,
-                     BootFileController)
+                     BootFileController, *firmware)
     # a subclass per app, so that two apps in one process keep their own limits
     agent = type("AgentController", (AgentController,), {"request_max_body_size": settings.server.max_agent_body_bytes})
     artifacts = type("ArtifactController", (ArtifactController,),
                      {"request_max_body_size": artifact_body_limit(settings.server.max_artifact_bytes)})
+    images = type("FirmwareArtifactController", (FirmwareArtifactController,),
+                  {"request_max_body_size": settings.firmware.max_image_bytes})
     app = VettingApp(
         route_handlers=[SystemController, agent, artifacts, HostController, RunController, EventController,
                         create_static_files_router(path=OPENAPI_ASSETS, directories=[OPENAPI_DIR],
                                                    include_in_schema=False, cache_control=CacheControlHeader(max_age=86400)),
-                        BootFileController],
+                        BootFileController, FirmwareController, images, RemediationController, FirmwareImageController],
         lifespan=[lifespan],
         exception_handlers={
             ApiError: _api_error,

@@ -810,6 +810,10 @@ def build_parser() -> argparse.ArgumentParser:
         client_opts(r, json_out=True)
         r.set_defaults(func=cmd_run_action, action=action)
 
+    from .firmware.cli import add_commands as add_firmware_commands
+
+    add_firmware_commands(sub, client_opts)
+
     pl = sub.add_parser("plugins", help="plugins").add_subparsers(dest="plugins_command", required=True, parser_class=_Parser)
     x = pl.add_parser("list", help="list installed plugins and what they register")
     x.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -150,6 +150,11 @@ class RunService:
         )
         u.fx.runs.add(int(run["id"]))
         if t.next is RunState.Failed:
+            # "update and re-vet" when firmware versions failed it: recorded before the report
+            if self.rt.firmware is not None:
+                from .firmware.remediation import on_run_failed  # (imports this module)
+
+                await on_run_failed(self.rt, u, new)
             # a failed run needs its report most: what failed and why, for the operator
             u.fx.after.append(lambda rid=int(run["id"]): self.rt.reporting.build(rid))
         if t.notify is not None:

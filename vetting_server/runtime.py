@@ -79,13 +79,14 @@ class Unit:
         level: str = "info",
         actor: str | None = None,
         data: dict[str, Any] | None = None,
+        plan_id: int | None = None,
     ) -> int:
         now = utcnow()
         data_json = None if data is None else msgspec.json.encode(data).decode()
         event_id = await self.tx.fetchval(
-            "INSERT INTO events (run_id, host_id, ts, level, kind, message, actor, data_json) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-            run_id, host_id, now, level, kind, message, actor, data_json,
+            "INSERT INTO events (run_id, host_id, ts, level, kind, message, actor, data_json, plan_id) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+            run_id, host_id, now, level, kind, message, actor, data_json, plan_id,
         )
         self.fx.events.append({"id": event_id, "run_id": run_id, "host_id": host_id})
         return int(event_id)
@@ -146,6 +147,8 @@ class Runtime:
         self.pxe: Any = None  # PxeSupervisor
         self.power: Any = None  # PowerControl
         self.netboot: Any = None  # NetBoot
+        self.firmware: Any = None  # firmware.store.FirmwareStore
+        self.campaigns: Any = None  # firmware.runner.CampaignRunner
         self._last_full: datetime | None = None
         self._last_refresh: datetime | None = None
 

@@ -1,10 +1,12 @@
 """Background work of the server: dispatcher, watchdog, heartbeat flush, janitor.
 
 - **Dispatcher**: moves ``Queued`` runs to ``WaitingBoot`` while fewer than
-  ``dispatcher.concurrency`` runs are booting or running, opening the run's boot
-  window, then asks the host's boot provider plugin to ``power_on`` (→ ``Booting``, or
-  ``Failed`` with the provider's error; :mod:`.power`). Woken at once when a run is
-  created, and every ``dispatcher.interval_s``.
+  ``dispatcher.concurrency`` runs are booting or running (and its host's firmware is
+  not being updated), opening the run's boot window; reads the host's firmware
+  inventory from its BMC for the Firmware stage when the host has a firmware provider
+  (:mod:`.firmware.store`), then asks the host's boot provider plugin to ``power_on``
+  (→ ``Booting``, or ``Failed`` with the provider's error; :mod:`.power`). Woken at
+  once when a run is created, and every ``dispatcher.interval_s``.
 - **Power** (every two seconds): holds that expired are released, and after a verdict
   the host's boot override is cleared and the host powered off (:mod:`.power`).
 - **Watchdog** (every second): boot timeout (no hello within ``timeouts.boot_s``),
@@ -90,7 +92,9 @@ class Scheduler:
             f"SELECT r.id, {HOST_COLUMNS} FROM runs r "
             "JOIN hosts h ON h.id = r.host_id WHERE r.state = 'Queued' "
             "AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.host_id = r.host_id AND o.id <> r.id "
-            "AND o.state IN ('WaitingBoot', 'Booting', 'Running', 'Reporting')) ORDER BY r.id LIMIT $1",
+            "AND o.state IN ('WaitingBoot', 'Booting', 'Running', 'Reporting')) "
+            "AND NOT EXISTS (SELECT 1 FROM firmware_updates f WHERE f.host_id = r.host_id AND f.state = 'running') "
+            "ORDER BY r.id LIMIT $1",
             free,
         )
         for row in queued:
@@ -101,7 +105,12 @@ class Scheduler:
             )
             if run is None:
                 continue  # another replica took it, or the agent said hello first
-            self.rt.spawn(lambda run_id=run_id, row=dict(row): self.rt.power.power_on(run_id, row))
+            self.rt.spawn(lambda run_id=run_id, row=dict(row): self._power_on(run_id, row))
+
+    async def _power_on(self, run_id: int, row: dict[str, Any]) -> None:
+        if self.rt.firmware is not None:
+            await self.rt.firmware.bmc_firmware_for_run(run_id, int(row["host_id"]))
+        await self.rt.power.power_on(run_id, row)
 
     # ------------------------------------------------------------------ watchdog
     async def watchdog_once(self) -> None:

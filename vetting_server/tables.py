@@ -45,6 +45,8 @@ class Hosts(Table, tablename="hosts"):
     last_seen_at = Timestamptz(null=True)
     last_seen_ip = Text(null=True)
     agent_version = Text(null=True)
+    firmware_provider = Text(null=True)  # None: the boot provider's kind, when it also updates firmware
+    firmware_config_json = Text(null=True)  # None: the boot config
 
 
 class Runs(Table, tablename="runs"):
@@ -232,6 +234,71 @@ class FirmwareSnapshots(Table, tablename="firmware_snapshots"):
     raw_json = Text(default="{}")
 
 
+class FirmwareArtifacts(Table, tablename="firmware_artifacts"):
+    """A firmware image in the artifact store (``data_dir/firmware/<sha256>``)."""
+
+    component = Text()
+    version = Text()
+    filename = Text()
+    sha256 = Text(unique=True)
+    size_bytes = BigInt()
+    path = Text()
+    targets_json = Text(default="[]")  # inventory id/name globs; [] = every item of the component
+    reboot = Text(default="auto")  # auto (when the BMC says so), always, never
+    notes = Text(default="")
+    created_by = Text(null=True)
+    created_at = Timestamptz()
+
+
+class FirmwarePlans(Table, tablename="firmware_plans"):
+    name = Text()
+    state = Text()  # vetting_server.firmware.states.PlanState
+    version = BigInt(default=0)
+    policy_json = Text()
+    document_json = Text()  # the plan as submitted
+    reason = Text(null=True)
+    waiting = Text(null=True)  # why no host starts now (maintenance window…)
+    source_run_id = ForeignKey(Runs, on_delete=OnDelete.set_null, null=True)  # remediation of this run
+    created_by = Text(null=True)
+    approved_by = Text(null=True)
+    created_at = Timestamptz()
+    approved_at = Timestamptz(null=True)
+    started_at = Timestamptz(null=True)
+    completed_at = Timestamptz(null=True)
+    updated_at = Timestamptz()
+
+
+class FirmwarePlanArtifacts(Table, tablename="firmware_plan_artifacts"):
+    """Primary key (plan_id, ordinal): the plan's images, in install order."""
+
+    plan_id = ForeignKey(FirmwarePlans, on_delete=OnDelete.cascade)
+    ordinal = Integer()
+    artifact_id = ForeignKey(FirmwareArtifacts)
+
+
+class FirmwareUpdates(Table, tablename="firmware_updates"):
+    """One host of one plan (unique): its target priority and its update's state machine."""
+
+    plan_id = ForeignKey(FirmwarePlans, on_delete=OnDelete.cascade)
+    host_id = ForeignKey(Hosts, on_delete=OnDelete.cascade)
+    priority = Integer(default=0)
+    state = Text()  # vetting_server.firmware.states.UpdateState
+    version = BigInt(default=0)
+    phase = Text(null=True)  # download, install, reboot, verify
+    percent = Integer(null=True)
+    message = Text(null=True)
+    reason = Text(null=True)
+    attempts = Integer(default=0)
+    retry_at = Timestamptz(null=True)
+    ctx_json = Text(default="{}")  # versions before/after, seconds per phase
+    image_token_hash = Text(null=True)  # SHA-256 of the URL token the BMC fetches the image with
+    vet_run_id = ForeignKey(Runs, on_delete=OnDelete.set_null, null=True)
+    created_at = Timestamptz()
+    started_at = Timestamptz(null=True)
+    completed_at = Timestamptz(null=True)
+    updated_at = Timestamptz()
+
+
 class Events(Table, tablename="events"):
     run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=True)
     host_id = ForeignKey(Hosts, on_delete=OnDelete.cascade, null=True)
@@ -241,6 +308,7 @@ class Events(Table, tablename="events"):
     message = Text()
     actor = Text(null=True)
     data_json = Text(null=True)
+    plan_id = ForeignKey(FirmwarePlans, on_delete=OnDelete.cascade, null=True)
 
 
 class Settings(Table, tablename="settings"):
@@ -269,4 +337,5 @@ class ApiTokens(Table, tablename="api_tokens"):
 TABLES: tuple[type[Table], ...] = (
     Hosts, Runs, Stages, SubSteps, Measurements, LogLines, Batches, StageResults, Artifacts, SpecDiffs,
     Thresholds, ThresholdEvaluations, ThresholdTallies, FirmwareSnapshots, Events, Settings, Users, ApiTokens,
+    FirmwareArtifacts, FirmwarePlans, FirmwarePlanArtifacts, FirmwareUpdates,
 )

@@ -10,7 +10,7 @@ from vetting_server.tables import TABLES
 
 pytestmark = pytest.mark.anyio
 
-COMPOSITE_KEY = {"batches", "stage_results", "threshold_tallies", "settings"}
+COMPOSITE_KEY = {"batches", "stage_results", "threshold_tallies", "settings", "firmware_plan_artifacts"}
 
 
 async def _columns(db, table: str) -> set[str]:

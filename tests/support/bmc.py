@@ -286,11 +286,15 @@ class SushyEmulator(EmulatedBmc):
             self._serving = threading.Thread(target=self.receiver.serve_forever, daemon=True)
             self._serving.start()
         self.proc = subprocess.Popen(
-            [str(self.exe), "--config", str(self.dir / "emulator.conf")],
+            self.command(),
             stdin=subprocess.DEVNULL, stdout=open(self.dir / "emulator.log", "ab"), stderr=subprocess.STDOUT,
         )
         wait_until(lambda: self._up(), 30, "sushy-emulator to answer")
         return self
+
+    def command(self) -> list[str]:
+        """The emulator's command line (a subclass may run an extended emulator)."""
+        return [str(self.exe), "--config", str(self.dir / "emulator.conf")]
 
     def _up(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -9,64 +9,27 @@
   ``ResetType@Redfish.AllowableValues`` (a close alternative otherwise);
 - after the verdict: ``BootSourceOverrideEnabled = Disabled`` (target ``None``).
 
-HTTP Basic authentication on every request (no session to leak or expire); TLS is
-verified by default — BMCs usually carry self-signed certificates, so ``ca_file``
-takes the BMC's certificate or its CA, and ``verify_tls: false`` is an explicit choice
-for an isolated network. An ``ETag`` from the read is sent back as ``If-Match`` (some
-BMCs require it for a PATCH). Errors: no connection or a timeout → unreachable
-(retried), 401 → authentication failed, any other 4xx/5xx → refused, with the BMC's
-own Redfish error message.
+HTTP Basic authentication on every request (no session to leak or expire) through
+the shared :class:`~vetting_server.bmc.redfish_client.RedfishClient` (TLS verified by
+default, ``ca_file`` for a self-signed BMC certificate). An ``ETag`` from the read is
+sent back as ``If-Match`` (some BMCs require it for a PATCH). Errors: no connection
+or a timeout → unreachable (retried), 401 → authentication failed, any other 4xx/5xx
+→ refused, with the BMC's own Redfish error message.
 """
 
 from __future__ import annotations
 
-import ssl
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
-import msgspec
+from vetting_core import BmcRefused, BootProviderSpec, hookimpl
 
-from vetting_core import BmcAuthFailed, BmcRefused, BmcUnreachable, BootError, BootProviderSpec, hookimpl
-from vetting_core.boot import check_limits, check_secret_reference, read_secret, with_retries
+from .redfish_client import RedfishBmcConfig, RedfishClient, redfish_message
+
+__all__ = ["RedfishBoot", "RedfishConfig", "pick_reset", "redfish_message"]
 
 
-class RedfishConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    address: str  # https://bmc.example.net[:port] (https:// is assumed when left out)
-    username: str
-    password_env: str | None = None
-    password_file: str | None = None
-    password: str | None = None  # refused with a message: never stored in boot_config
-    system: str | None = None  # "/redfish/v1/Systems/1" or its Id; None: the BMC's only system
-    verify_tls: bool = True
-    ca_file: str | None = None  # PEM: the BMC's certificate or the CA that signed it
+class RedfishConfig(RedfishBmcConfig, kw_only=True, forbid_unknown_fields=True):
     boot_mode: Literal["UEFI", "Legacy"] | None = None  # BootSourceOverrideMode; None: leave it
-    timeout_s: float = 20.0  # one HTTP request
-    attempts: int = 3  # tries for a BMC that does not answer (1 s, 2 s, 4 s… apart)
-
-    def __post_init__(self) -> None:
-        check_secret_reference(self.password_env, self.password_file, self.password)
-        url = urlsplit(self.base_url)
-        if url.scheme not in ("https", "http") or not url.hostname or url.path not in ("", "/") or url.query:
-            raise msgspec.ValidationError(f"address {self.address!r} is not a BMC address like https://10.0.0.7 - at `$.address`")
-        check_limits(self.attempts, self.timeout_s)
-
-    @property
-    def base_url(self) -> str:
-        return (self.address if "://" in self.address else f"https://{self.address}").rstrip("/")
-
-
-def redfish_message(body: Any) -> str:
-    """The human part of a Redfish error body (``error.message`` and the first
-    ``@Message.ExtendedInfo`` message), or '' (pure)."""
-    err = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(err, dict):
-        return ""
-    parts = [str(err.get("message") or "")]
-    for info in err.get("@Message.ExtendedInfo") or []:
-        if isinstance(info, dict) and info.get("Message"):
-            parts.append(str(info["Message"]))
-            break
-    return "; ".join(p for p in parts if p)
 
 
 def pick_reset(allowed: list[str] | None, *preferred: str) -> str:
@@ -80,57 +43,15 @@ def pick_reset(allowed: list[str] | None, *preferred: str) -> str:
 
 
 class RedfishBoot:
-    def __init__(self, config: RedfishConfig) -> None:
+    def __init__(self, config: RedfishConfig, http: RedfishClient | None = None) -> None:
         self.c = config
         self.where = config.base_url
+        self.http = http or RedfishClient(config)
         self._system: str | None = None
-
-    # ---------------------------------------------------------------- HTTP
-    def _client(self) -> Any:
-        import httpx  # the server's dependency; imported late so agent-only installs load this module
-
-        verify: ssl.SSLContext | bool = False
-        if self.c.verify_tls and self.c.base_url.startswith("https://"):
-            verify = ssl.create_default_context(cafile=self.c.ca_file)
-        password = read_secret(env=self.c.password_env, file=self.c.password_file, what=f"BMC {self.where}")
-        return httpx.AsyncClient(
-            base_url=self.c.base_url, auth=(self.c.username, password), verify=verify,
-            timeout=self.c.timeout_s, headers={"Accept": "application/json", "OData-Version": "4.0"},
-        )
-
-    async def _request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
-        import httpx
-
-        what = f"{method} {path}"
-        try:
-            async with self._client() as client:
-                r = await client.request(method, path, json=body, headers=headers)
-        except httpx.TimeoutException:
-            raise BmcUnreachable(f"BMC {self.where} unreachable: no answer to {what} within {self.c.timeout_s:.0f}s") from None
-        except httpx.TransportError as exc:
-            cause = _root(exc)
-            if isinstance(cause, ssl.SSLCertVerificationError):
-                raise BootError(
-                    f"BMC {self.where}: its TLS certificate is not trusted ({cause.verify_message}); set ca_file to "
-                    "the BMC's certificate or CA (or verify_tls: false on an isolated network)"
-                ) from None
-            raise BmcUnreachable(f"BMC {self.where} unreachable: {what}: {cause or exc}") from None
-        if r.status_code == 401:
-            raise BmcAuthFailed(f"BMC {self.where} authentication failed: user {self.c.username!r} was refused (401)")
-        if r.status_code >= 400:
-            try:
-                detail = redfish_message(r.json())
-            except ValueError:
-                detail = r.text.strip()[:200]
-            transient = r.status_code in (502, 503, 504)
-            raise BmcRefused(f"BMC {self.where} refused {what} ({r.status_code}): {detail or r.reason_phrase}",
-                             transient=transient)
-        return r
 
     async def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
         """One request, retried with backoff while the BMC does not answer."""
-        return await with_retries(lambda: self._request(method, path, body, headers), attempts=self.c.attempts,
-                                  what=f"redfish {self.where}")
+        return await self.http.call(method, path, body, headers)
 
     async def system_path(self) -> str:
         if self._system is None:
@@ -169,7 +90,7 @@ class RedfishBoot:
         doc, _ = await self.system()
         return doc.get("Boot") or {}
 
-    async def _reset(self, doc: dict[str, Any], *preferred: str) -> str:
+    async def reset(self, doc: dict[str, Any], *preferred: str) -> str:
         action = (doc.get("Actions") or {}).get("#ComputerSystem.Reset") or {}
         target = action.get("target") or f"{await self.system_path()}/Actions/ComputerSystem.Reset"
         kind = pick_reset(action.get("ResetType@Redfish.AllowableValues"), *preferred)
@@ -190,28 +111,20 @@ class RedfishBoot:
         enabled = now.get("BootSourceOverrideEnabled")
         note = "" if enabled in (None, "Once") else f" (the BMC reports {enabled}; cleared after the verdict)"
         was_on = str(doc.get("PowerState")) in ("On", "PoweringOn", "Paused")
-        kind = await self._reset(doc, *(("ForceRestart", "PowerCycle", "GracefulRestart") if was_on else ("On", "ForceOn")))
+        kind = await self.reset(doc, *(("ForceRestart", "PowerCycle", "GracefulRestart") if was_on else ("On", "ForceOn")))
         return f"Redfish {self.where}: next boot from PXE{note}; {kind} ({'it was on' if was_on else 'it was off'})"
 
     async def power_off(self, host: Any = None) -> str:
         doc, _ = await self.system()
         if doc.get("PowerState") in ("Off", "PoweringOff"):
             return f"Redfish {self.where}: already off"
-        kind = await self._reset(doc, "ForceOff", "GracefulShutdown")
+        kind = await self.reset(doc, "ForceOff", "GracefulShutdown")
         return f"Redfish {self.where}: {kind}"
 
     async def clear_boot_override(self, host: Any = None) -> str:
         _, etag = await self.system()
         await self._set_boot({"BootSourceOverrideEnabled": "Disabled", "BootSourceOverrideTarget": "None"}, etag)
         return f"Redfish {self.where}: boot override cleared"
-
-
-def _root(exc: BaseException) -> BaseException | None:
-    """The innermost cause (httpx wraps the ssl / socket error)."""
-    seen = exc
-    while seen.__cause__ is not None or seen.__context__ is not None:
-        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
-    return None if seen is exc else seen
 
 
 @hookimpl

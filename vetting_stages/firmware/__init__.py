@@ -6,6 +6,13 @@ Records a :class:`~vetting_core.model.FirmwareSnapshot` per component — BIOS
 NVMe/disk firmware (``smartctl -i``) and GPU VBIOS (from the inventory's NVML data).
 When the expected spec has a ``firmware`` section, a version outside the allowed list
 is a critical spec diff and fails the stage: a mismatch is a verdict, not a record.
+
+When the orchestrator read the host's BMC firmware inventory before the boot (a host
+with a firmware provider: ``params["bmc_firmware"]``), those versions are recorded
+too, identified ``bmc:<inventory id>``, and judged like the host's own: the BMC sees
+what the OS cannot (CPLD, PSU, the BMC without in-band IPMI) and reports an update it
+applied. A spec line can address one source with an identifier glob
+(``bios: {"bmc:*": "2.1"}``); a plain ``bios: "2.1"`` holds both to the version.
 """
 
 from __future__ import annotations
@@ -90,8 +97,24 @@ async def snapshot(ctx: StageContext) -> tuple[list[tuple[str, str, str]], dict[
     return seen, unavailable
 
 
+def bmc_reported(ctx: StageContext, unavailable: dict[str, str]) -> list[tuple[str, str, str]]:
+    """Record the versions the orchestrator read from the host's BMC (stage params)."""
+    seen = []
+    for item in ctx.params.get("bmc_firmware") or []:
+        if not isinstance(item, dict) or not item.get("version"):
+            continue
+        ident = f"bmc:{item.get('id', '')}"
+        ctx.firmware(str(item.get("component") or "other"), ident, str(item["version"]), "",
+                     source="bmc", name=str(item.get("name", "")))
+        seen.append((str(item.get("component") or "other"), ident, str(item["version"])))
+    if ctx.params.get("bmc_firmware_error"):
+        unavailable["bmc_inventory"] = str(ctx.params["bmc_firmware_error"])
+    return seen
+
+
 async def run(ctx: StageContext) -> None:
     seen, unavailable = await snapshot(ctx)
+    seen += bmc_reported(ctx, unavailable)
     ctx.summary["firmware"] = [{"component": c, "identifier": i, "version": v} for c, i, v in seen]
     ctx.summary["unavailable"] = unavailable
     for comp, why in sorted(unavailable.items()):

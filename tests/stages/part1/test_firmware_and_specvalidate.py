@@ -124,3 +124,26 @@ async def test_spec_validate_against_this_machine(tmp_path):
     assert res.verdict is Verdict.failed
     crit = {d["field"] for d in res.summary["spec_diffs"] if d["severity"] == "critical"}
     assert {"cpu.sockets", "cpu.threads"} <= crit and ("gpus.count" in crit or "gpus[0].count" in crit)
+
+
+@pytest.mark.anyio
+async def test_versions_the_bmc_reported_are_recorded_and_judged(tmp_path):
+    bmc = [{"id": "BIOS", "name": "System BIOS", "version": "1.1.0", "component": "bios", "updateable": True},
+           {"id": "CPLD0", "name": "Backplane CPLD", "version": "0.9", "component": "cpld", "updateable": False}]
+    spec = {"firmware": {"bios": {"bmc:*": "1.1.0"}, "cpld": "0.9"}}
+
+    async def run(name, params, spec):
+        ctx = StageContext(stage="Firmware", sink=MemorySink(), workdir=tmp_path / name, spec=spec, params=params)
+        return await execute_stage(FIRMWARE_STAGE, ctx)
+
+    ok = await run("ok", {"bmc_firmware": bmc}, spec)
+    assert ok.verdict is Verdict.passed, ok.reason
+    by_id = {s.identifier: s for s in ok.firmware}
+    assert by_id["bmc:BIOS"].version == "1.1.0" and by_id["bmc:BIOS"].raw["source"] == "bmc"
+    assert by_id["bmc:CPLD0"].component == "cpld"  # only the BMC sees it
+    old = await run("old", {"bmc_firmware": [{**bmc[0], "version": "1.0.0"}, bmc[1]]}, spec)
+    assert old.verdict is Verdict.failed and "bios bmc:BIOS: firmware 1.0.0, expected 1.1.0" in old.reason
+    unread = await run("unread", {"bmc_firmware_error": "BMC https://10.0.0.7 unreachable"}, {"firmware": {"cpld": "0.9"}})
+    assert unread.verdict is Verdict.passed  # cannot verify is a warning, not a verdict
+    assert unread.summary["unavailable"]["bmc_inventory"] == "BMC https://10.0.0.7 unreachable"
+    assert [d["message"] for d in unread.summary["spec_diffs"]] == ["cannot verify cpld firmware: not reported"]
