@@ -43,7 +43,7 @@ from vetting_core.firmware import FirmwareItem, FirmwareUpdateError, image_items
 
 from ..database import as_dt, utcnow
 from ..errors import ApiError
-from ..runs import jdump, jload
+from ..runs import jdump
 from ..runtime import Runtime
 from ..security import new_token, token_hash
 from .plans import Policy, describe_window, window_state

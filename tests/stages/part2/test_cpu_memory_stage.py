@@ -30,7 +30,6 @@ async def test_a_cpu_that_throttles_under_load_is_a_finding(tmp_path, fail_on_th
     # this VM has no thermal_throttle counters: a sysfs-shaped tree whose counter
     # grows while the real stress-ng runs, as a hot Xeon's does
     import threading
-    import time
 
     need("stress-ng")
     tt = tmp_path / "sys" / "cpu0" / "thermal_throttle"
