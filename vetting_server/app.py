@@ -52,6 +52,10 @@ def _validation_error(request: Request, exc: ValidationException) -> Response[Er
     """A body or parameter that does not match its schema: 400, naming the field."""
     extra = exc.extra if isinstance(exc.extra, (dict, list)) else None
     detail = exc.detail or "invalid request"
+    if isinstance(extra, list) and any(isinstance(e, dict) and e.get("source") == "body" and e.get("key") == "data" for e in extra):
+        # no body at all (a body that is there is decoded, and refused, by FastBody)
+        what = f"{request.method} {request.url.path}"
+        return _error(400, f"malformed JSON body: {what} needs a JSON body (got none)", {"field": "$"})
     if extra and isinstance(extra, list):
         msgs = [f"{e.get('key', '')}: {e.get('message', '')}".strip(": ") for e in extra if isinstance(e, dict)]
         if msgs:

@@ -25,6 +25,7 @@ import structlog
 
 from vetting_core.protocol import ErrorBody
 
+from . import limits
 from .auth import authenticate_run, cached_run_auth, parse_bearer
 from .errors import ApiError
 from .runtime import RunAuth, Runtime
@@ -76,12 +77,7 @@ def _too_large(max_body: int) -> ApiError:
 def _decode(route: EdgeRoute, path: str, body: bytes | bytearray | None, max_body: int) -> Any:
     if body is None:
         raise _too_large(max_body)
-    try:
-        return route.decoder.decode(body or b"{}")
-    except msgspec.ValidationError as exc:
-        raise ApiError(400, f"Validation failed for POST {path}: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"malformed JSON body: {exc}") from None
+    return limits.decode(route.decoder, body, f"POST {path}")
 
 
 def _error(path: str, exc: Exception) -> Reply:
