@@ -38,6 +38,8 @@ class ServerSettings(_Section):
     data_dir: str = "./var"  # logs, artifacts, reports
     max_agent_body_bytes: int = 1 << 20
     max_artifact_bytes: int = 16 << 20  # largest artifact file an agent uploads (its own route)
+    max_run_artifacts: int = 1000  # files one run's agent may upload (413 past it)
+    max_run_artifact_bytes: int = 2 << 30  # and their total size
     max_operator_body_bytes: int = 16 << 20
 
 

@@ -240,8 +240,8 @@ class ArtifactController(Controller):
     @post(RUN + "/artifact", status_code=200, summary="Upload an artifact file (before the result that lists it)",
           dto=FastBody[ArtifactUpload], return_dto=None)
     async def artifact(self, request: Request, run_id: PathId, data: JSONBody[ArtifactUpload]) -> ArtifactAck:
-        await agent_auth(request, run_id)
-        return await store_artifact(runtime(request), run_id, data)
+        auth = await agent_auth(request, run_id)
+        return await store_artifact(runtime(request), run_id, auth.state, data)
 
 
 def artifact_body_limit(max_artifact_bytes: int) -> int:

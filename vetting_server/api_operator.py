@@ -7,7 +7,6 @@ change an operator makes is written to the events table with the operator's name
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,6 +17,7 @@ from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 from vetting_core import __version__
 from vetting_core.model import INT64_MAX
 
+from .artifacts import hold_dir, stored_file
 from .auth import operator, operator_guard, runtime
 from .database import UniqueViolation, as_dt, utcnow
 from .errors import ApiError, conflict, not_found, unauthorized
@@ -377,27 +377,31 @@ class RunController(Controller):
         kinds = {"json": "report", "html": "report_html", "ocptv": "report_ocptv"}
         if fmt not in kinds:
             raise not_found(f"unknown report format {fmt!r} (json, html, ocptv)")
-        row = await runtime(request).db.fetchrow(
+        rt = runtime(request)
+        row = await rt.db.fetchrow(
             "SELECT path FROM artifacts WHERE run_id = $1 AND kind = $2 AND location = 'server' ORDER BY id DESC LIMIT 1",
             run_id, kinds[fmt],
         )
-        if row is None or not Path(row["path"]).is_file():
+        path = stored_file(row and row["path"], rt.reporting.out_dir(run_id))
+        if path is None:
             raise not_found(f"run {run_id} has no {fmt} report (yet)")
         media = {"json": "application/json", "html": "text/html", "ocptv": "application/jsonl"}[fmt]
-        return File(path=row["path"], filename=Path(row["path"]).name, media_type=media, content_disposition_type="inline")
+        return File(path=path, filename=path.name, media_type=media, content_disposition_type="inline")
 
     @get("/{run_id:int}/hold-key", summary="The private SSH key of the run's hold")
     async def hold_key(self, request: Request, run_id: PathId) -> File:
         user = await operator(request)
         rt = runtime(request)
         row = await rt.db.fetchrow(
-            "SELECT path FROM artifacts WHERE run_id = $1 AND kind = 'hold_key' ORDER BY id DESC LIMIT 1", run_id
+            "SELECT path FROM artifacts WHERE run_id = $1 AND kind = 'hold_key' AND location = 'server' ORDER BY id DESC LIMIT 1",
+            run_id,
         )
-        if row is None or not Path(row["path"]).is_file():
+        path = stored_file(row and row["path"], hold_dir(rt, run_id))
+        if path is None:
             raise not_found(f"run {run_id} has no hold key")
         async with rt.unit() as u:
             await u.event("audit.hold_key", f"hold key of run {run_id} downloaded by {user['name']}", run_id=run_id, actor=user["name"])
-        return File(path=row["path"], filename=f"vetting-run-{run_id}-hold-key", media_type="application/octet-stream")
+        return File(path=path, filename=f"vetting-run-{run_id}-hold-key", media_type="application/octet-stream")
 
 
 class EventController(Controller):

@@ -55,6 +55,7 @@ from vetting_core.statemachine import (
 )
 from vetting_core.thresholds import EvaluationResult, ThresholdEngine
 
+from .artifacts import check_agent_kinds, hold_dir
 from .database import as_dt, iso, utcnow
 from .errors import ApiError, conflict, not_found
 from .hosts import FieldError, parse_host_spec
@@ -506,6 +507,7 @@ class RunService:
 
     # ---------------------------------------------------------------- results
     async def result(self, run_id: int, res: StageResult) -> ResultReply:
+        check_agent_kinds(res.artifacts, "artifacts")
         body_hash = hashlib.sha256(_json(res)).hexdigest()
         stage = await self.db.fetchrow("SELECT * FROM stages WHERE run_id = $1 AND name = $2", run_id, res.stage)
         if stage is None:
@@ -666,7 +668,7 @@ class RunService:
         if run["state"] not in (RunState.Failed.value, RunState.FailedHolding.value):
             raise conflict(f"run {run_id} is {run['state']}; a hold opens only after a failure")
         ip = (body.ip or peer_ip or "").strip()[:100]
-        key_dir = self.rt.data_dir / "holds" / f"run-{run_id}"
+        key_dir = hold_dir(self.rt, run_id)
         priv, pub = await _ssh_keypair(key_dir, f"vetting-hold-run-{run_id}")
         expires = utcnow() + timedelta(hours=self.rt.settings.hold.key_ttl_hours)
         digest = hashlib.sha256(priv.read_bytes()).hexdigest()
