@@ -59,6 +59,7 @@ from .artifacts import check_agent_kinds, hold_dir
 from .database import as_dt, iso, utcnow
 from .errors import ApiError, conflict, not_found
 from .hosts import FieldError, parse_host_spec
+from .ingest import stored_seqs
 from .runtime import Runtime, Unit
 from .security import new_token, token_hash
 
@@ -323,8 +324,9 @@ class RunService:
         run = await db.fetchrow("SELECT r.*, h.name AS host_name FROM runs r JOIN hosts h ON h.id = r.host_id WHERE r.id = $1", run_id)
         stages = await db.fetch("SELECT * FROM stages WHERE run_id = $1 ORDER BY ordinal", run_id)
         engine = await self.rt.engine(run_id)
-        seqs = await db.fetch("SELECT stream, max(seq) AS seq FROM batches WHERE run_id = $1 GROUP BY stream", run_id)
-        seq = {r["stream"]: int(r["seq"] or 0) for r in seqs}
+        seqs = await stored_seqs(db, run_id)
+        log_seq, log_max, log_gaps = seqs.get("log", (0, 0, []))
+        sensor_seq, sensor_max, sensor_gaps = seqs.get("sensor", (0, 0, []))
         t = self.rt.settings.timeouts
         return ClaimReply(
             run_id=run_id,
@@ -344,8 +346,8 @@ class RunService:
             override_flags=jload(run["override_flags_json"], {}),
             heartbeat_interval_s=t.heartbeat_interval_s,
             heartbeat_timeout_s=t.heartbeat_timeout_s,
-            log_seq=seq.get("log", 0),
-            sensor_seq=seq.get("sensor", 0),
+            log_seq=log_seq, log_seq_max=log_max, log_gaps=log_gaps,
+            sensor_seq=sensor_seq, sensor_seq_max=sensor_max, sensor_gaps=sensor_gaps,
             max_batch_bytes=self.rt.settings.server.max_agent_body_bytes,
             max_artifact_bytes=self.rt.settings.server.max_artifact_bytes,
         )
