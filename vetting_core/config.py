@@ -134,6 +134,15 @@ class RetentionSettings(_Section):
     janitor_interval_minutes: float = 60.0
 
 
+class LoginSettings(_Section):
+    """Password logins (``POST /api/v1/auth/token``): rate limit and failure audit."""
+
+    free_attempts: int = 5  # failed attempts per user name, and per source address, before backoff
+    backoff_s: float = 1.0  # then refused (429) for this long, doubling with each further failure
+    max_backoff_s: float = 900.0
+    audit_interval_s: float = 60.0  # failed logins go to the event log as one row per interval at most
+
+
 class PluginSettings(_Section):
     disable: list[str] = []  # plugin (entry point) names; also $VETTING_DISABLE_PLUGINS
 
@@ -153,6 +162,7 @@ class Settings(_Section):
     notifications: NotificationSettings = msgspec.field(default_factory=NotificationSettings)
     peers: PeerSettings = msgspec.field(default_factory=PeerSettings)
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
+    login: LoginSettings = msgspec.field(default_factory=LoginSettings)
     plugins: PluginSettings = msgspec.field(default_factory=PluginSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 

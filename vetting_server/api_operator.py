@@ -43,7 +43,7 @@ from .schemas import (
     SeriesOut,
     TokenReply,
 )
-from .security import new_token, token_hash, verify_password
+from .security import new_token, token_hash
 from .views import event_out, host_out, run_detail, run_out, series
 
 RUN_ORDER = {
@@ -85,12 +85,18 @@ class SystemController(Controller):
           dto=FastBody[LoginRequest], return_dto=None)
     async def login(self, request: Request, data: JSONBody[LoginRequest]) -> TokenReply:
         rt = runtime(request)
+        guard = rt.login
+        name, source = data.username[:64], request.client.host if request.client else "unknown"
+        guard.begin(name, source)  # 429 while backing off
         user = await rt.db.fetchrow("SELECT * FROM users WHERE name = $1", data.username)
-        if user is None or user["disabled"] or not verify_password(data.password, user["password_hash"]):
-            async with rt.unit() as u:
-                await u.event("audit.login_failed", f"failed login for {data.username[:64]!r}", level="warning",
-                              actor=data.username[:64], data={"client": request.client.host if request.client else None})
+        ok, rehash = await guard.verify(data.password, None if user is None or user["disabled"] else user["password_hash"])
+        if not ok:
+            await guard.failed(name, source, rt.spawn)
             raise unauthorized("wrong user name or password")
+        guard.succeeded(name, source)
+        if rehash:  # an older hash (scrypt): replaced now that the password is at hand
+            await rt.db.execute("UPDATE users SET password_hash = $2 WHERE id = $1 AND password_hash = $3",
+                                int(user["id"]), await guard.rehash(data.password), user["password_hash"])
         token = new_token("vo_")
         async with rt.unit() as u:
             await u.tx.execute(

@@ -29,6 +29,7 @@ from .api_agent import EDGE_ROUTES, AgentController, ArtifactController, artifac
 from .api_operator import EventController, HostController, RunController, SystemController
 from .errors import ApiError
 from .ingest import Ingest
+from .login import LoginGuard
 from .migrate import migrate
 from .peers import PeerService
 from .pxe import PxeSupervisor
@@ -133,6 +134,12 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     rt.reporting = Reporting(rt)
     rt.peers = PeerService(settings.peers)
     rt.pxe = PxeSupervisor(rt)
+
+    async def audit_login_failures(message: str, data: dict[str, Any], actor: str | None) -> None:
+        async with rt.unit() as u:
+            await u.event("audit.login_failed", message, level="warning", actor=actor, data=data)
+
+    rt.login = LoginGuard(settings.login, audit_login_failures)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -143,6 +143,7 @@ class Runtime:
         self.scheduler: Any = None
         self.peers: Any = None  # PeerService
         self.pxe: Any = None  # PxeSupervisor
+        self.login: Any = None  # LoginGuard
         self._last_full: datetime | None = None
         self._last_refresh: datetime | None = None
 

@@ -19,9 +19,9 @@ T = TypeVar("T")
 
 
 class LoginRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    username: str
-    password: str
-    token_name: str = "login"
+    username: Annotated[str, Meta(max_length=256)]
+    password: Annotated[str, Meta(max_length=1024)]
+    token_name: Annotated[str, Meta(max_length=100)] = "login"
 
 
 class TokenReply(msgspec.Struct, kw_only=True):
