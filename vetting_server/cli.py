@@ -74,27 +74,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .serving import uvicorn_config
 
     app = create_app(settings)
     _tune_interpreter()
-    loop, http = "asyncio", "h11"  # http: a protocol name or class
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:
-        pass
-    try:
-        from .edge_http import EdgeProtocol  # httptools, answering the hot agent routes itself
-
-        http = EdgeProtocol
-    except ImportError:
-        pass
-    config = uvicorn.Config(
-        app, host=settings.server.host, port=settings.server.port, loop=loop, http=http,
-        log_level=settings.logging.level, access_log=False, backlog=4096, timeout_keep_alive=75,
-        lifespan="on",
-    )
+    config = uvicorn_config(app, settings)
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1

@@ -154,7 +154,7 @@ class Runtime:
         if s.public_url:
             return s.public_url.rstrip("/")
         host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
-        return f"http://{host}:{s.port}"
+        return f"{'https' if s.tls.cert else 'http'}://{host}:{s.port}"
 
     # -- transactions -------------------------------------------------------------
     @asynccontextmanager

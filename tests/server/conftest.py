@@ -216,23 +216,25 @@ async def env(database_url, tmp_path, test_registry, settings_overrides):
 
 @asynccontextmanager
 async def serve_on_socket(app: Any, **config: Any) -> AsyncIterator[Any]:
-    """Serve ``app`` with uvicorn and :class:`~vetting_server.edge_http.EdgeProtocol` (as
-    ``vetting serve`` does) on a loopback socket in this event loop; yield the base URL."""
+    """Serve ``app`` as ``vetting serve`` does (:func:`vetting_server.serving.uvicorn_config`:
+    uvicorn with :class:`~vetting_server.edge_http.EdgeProtocol`, timeouts, TLS) on a
+    loopback socket in this event loop; yield the base URL."""
     import anyio
     import uvicorn
 
-    from vetting_server.edge_http import EdgeProtocol
+    from vetting_server.serving import uvicorn_config
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, http=EdgeProtocol, lifespan="on", log_level="warning", **config))
+    cfg = uvicorn_config(app, app.state.rt.settings, log_level="warning", **config)
+    server = uvicorn.Server(cfg)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve, [sock])
         with anyio.fail_after(30):
             while not server.started:
                 await anyio.sleep(0.01)
         try:
-            yield "http://127.0.0.1:%d" % sock.getsockname()[1]
+            yield "%s://127.0.0.1:%d" % ("https" if cfg.is_ssl else "http", sock.getsockname()[1])
         finally:
             server.should_exit = True
 
