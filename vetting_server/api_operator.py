@@ -16,6 +16,7 @@ from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 
 from vetting_core import __version__
 from vetting_core.model import INT64_MAX
+from vetting_core.text import printable
 
 from .artifacts import hold_dir, stored_file
 from .auth import operator, operator_guard, runtime
@@ -351,7 +352,9 @@ class RunController(Controller):
             run_id, after, limit,
         )
         text = "".join(
-            f"{as_dt(r['ts']).isoformat(timespec='milliseconds')} {r['level']:<7} [{r['stage'] or '-'}] {r['message']}\n"
+            # stored raw; shown with control characters escaped (vetting_core.text: ANSI, CR/LF)
+            f"{as_dt(r['ts']).isoformat(timespec='milliseconds')} {printable(r['level']):<7} [{printable(r['stage'] or '-')}] "
+            f"{printable(r['message'])}\n"
             for r in rows
         )
         return Response(text, media_type="text/plain")

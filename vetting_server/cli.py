@@ -389,6 +389,8 @@ def cmd_run_watch(args: argparse.Namespace) -> int:
     """Live stage progress from the SSE stream until the run ends (or holds)."""
     import httpx
 
+    from vetting_core.text import printable  # agents' text, control characters escaped
+
     c = Client(args)
     d = c.call("GET", f"/api/v1/runs/{args.run}")
     _print_detail(d)
@@ -414,9 +416,9 @@ def cmd_run_watch(args: argparse.Namespace) -> int:
                     payload = json.loads(raw)
                     if event == "progress":
                         pct = "" if payload.get("percent") is None else f" {payload['percent']:>3}%"
-                        print(f"  … {payload.get('stage') or '-'}{pct} {payload.get('message') or ''}", flush=True)
+                        print(printable(f"  … {payload.get('stage') or '-'}{pct} {payload.get('message') or ''}"), flush=True)
                     else:
-                        print(f"{payload['ts'][11:19]} {payload['message']}", flush=True)
+                        print(printable(f"{payload['ts'][11:19]} {payload['message']}"), flush=True)
                         to = (payload.get("data") or {}).get("to")
                         if to:
                             state = to

@@ -104,3 +104,14 @@ async def test_a_body_is_required(any_env):
         r = await env.agent("POST", f"/api/v1/runs/{run_id}/{route}", tok, content=b"", headers={"Content-Type": "application/json"})
         assert r.status_code == 400, (route, r.status_code, r.text)
         assert "needs a JSON body" in r.json()["detail"]
+
+
+async def test_control_characters_in_log_lines_are_stored_raw_and_shown_escaped(env):
+    run_id, tok = await env.running()
+    hostile = "\x1b[2J\x1b]0;owned\x07\x1b[31mFAIL\rINFO [Alpha] all good\nfake line\x9b1m\ttab"
+    r = await env.agent("POST", f"/api/v1/runs/{run_id}/log", tok, json={"seq": 1, "lines": [[TS, "Alpha", "info", hostile]]})
+    assert r.status_code == 200, r.text
+    assert await env.rt.db.fetchval("SELECT message FROM log_lines WHERE run_id = $1", run_id) == hostile  # raw
+    text = (await env.op("GET", f"/api/v1/runs/{run_id}/logs")).text
+    assert text.count("\n") == 1 and "\x1b" not in text and "\r" not in text and "\x9b" not in text
+    assert text.endswith("[Alpha] \\x1b[2J\\x1b]0;owned\\x07\\x1b[31mFAIL\\x0dINFO [Alpha] all good\\x0afake line\\x9b1m\ttab\n")
