@@ -83,7 +83,7 @@ class SystemController(Controller):
         return HealthOut(status="ok", database=rt.db.dialect, schema_version=await current_version(rt.db), version=__version__)
 
     @post("/api/v1/auth/token", status_code=201, summary="Log in with a password; returns a new API token",
-          dto=FastBody[LoginRequest], return_dto=None)
+          dto=FastBody[LoginRequest], return_dto=None, opt={"rate_limited": True})
     async def login(self, request: Request, data: JSONBody[LoginRequest]) -> TokenReply:
         rt = runtime(request)
         guard = rt.login
@@ -380,7 +380,8 @@ class RunController(Controller):
     async def cancel(self, request: Request, run_id: PathId, data: JSONBody[ActionRequest | None] = None) -> RunOut:
         return await self._action(request, run_id, "cancel", data.reason if data else "")
 
-    @get("/{run_id:int}/report/{fmt:str}", summary="Download a report: json, html or ocptv")
+    @get("/{run_id:int}/report/{fmt:str}", summary="Download a report: json, html or ocptv",
+         opt={"media_types": ["application/json", "text/html", "application/jsonl"]})
     async def report(self, request: Request, run_id: PathId, fmt: FromPath[str]) -> File:
         await operator(request)
         kinds = {"json": "report", "html": "report_html", "ocptv": "report_ocptv"}

@@ -8,6 +8,7 @@ flush, janitor, notification dispatcher) in one task group.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,13 +19,14 @@ import structlog
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi import OpenAPIConfig
+from litestar.routes import HTTPRoute
 
 from vetting_core import __version__
 from vetting_core.config import Settings
 from vetting_core.plugins import Registry, load_registry
 from vetting_core.protocol import ErrorBody
 
-from . import edge
+from . import contract, edge
 from .api_agent import EDGE_ROUTES, AgentController, ArtifactController, artifact_body_limit
 from .api_operator import EventController, HostController, RunController, SystemController
 from .errors import ApiError
@@ -109,6 +111,21 @@ class VettingApp(Litestar):
     before routing (:mod:`.edge`)."""
 
     rt: Runtime
+    _allow: list[tuple[re.Pattern[str], bytes]] | None = None
+
+    def allowed(self, path: str) -> bytes | None:
+        """The ``Allow`` header of ``path``: every method its handlers take. Litestar's own
+        OPTIONS answer named the methods of one handler only (``GET /api/v1/hosts/{id}``
+        answered ``DELETE, OPTIONS``)."""
+        if self._allow is None:
+            kinds = {"int": r"\d+", "path": r".*"}
+            self._allow = [
+                (re.compile(re.sub(r"\{\w+:(\w+)\}", lambda m: kinds.get(m[1], r"[^/]+"), r.path)),
+                 ", ".join(sorted(r.methods)).encode())
+                for r in self.routes if isinstance(r, HTTPRoute)
+            ]
+        path = path.rstrip("/") or "/"
+        return next((allow for rx, allow in self._allow if rx.fullmatch(path)), None)
 
     def edge_route(self, path: str) -> tuple[int, edge.EdgeRoute] | None:
         """(run id, route) when ``path`` is one of the hot agent routes' (a POST)."""
@@ -120,6 +137,10 @@ class VettingApp(Litestar):
         if scope["type"] == "http" and scope["method"] == "POST" and (hit := self.edge_route(scope["path"])) is not None:
             rt = self.rt
             await edge.answer(rt, scope, receive, send, *hit, rt.settings.server.max_agent_body_bytes)
+            return
+        if scope["type"] == "http" and scope["method"] == "OPTIONS" and (allow := self.allowed(scope["path"])) is not None:
+            await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", allow)]})
+            await send({"type": "http.response.body", "body": b""})
             return
         await super().__call__(scope, receive, send)
 
@@ -200,6 +221,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
         debug=False,
     )
     app.state.rt = app.rt = rt
+    contract.install(app)
     return app
 
 
