@@ -138,6 +138,13 @@ class VettingApp(Litestar):
             rt = self.rt
             await edge.answer(rt, scope, receive, send, *hit, rt.settings.server.max_agent_body_bytes)
             return
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"]):
+            # PostgreSQL cannot store or compare text holding U+0000 (limits.decode refuses it in bodies)
+            body = msgspec.json.encode(ErrorBody(status_code=400, detail="the path or query contains U+0000 (NUL)"))
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+            await send({"type": "http.response.body", "body": body})
+            return
         if scope["type"] == "http" and scope["method"] == "OPTIONS" and (allow := self.allowed(scope["path"])) is not None:
             await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", allow)]})
             await send({"type": "http.response.body", "body": b""})

@@ -16,7 +16,8 @@ drift apart):
   fields so that a newer agent can talk to an older server);
 - ``oneOf`` for "exactly one of these fields" (a Struct's ``one_of`` class variable:
   ``RunStart``'s ``host_id`` or ``host``);
-- base64 content (``bytes``) with the pattern the decoder accepts;
+- base64 content (``bytes``) with the pattern the decoder accepts; RFC 3339 ``date-time``
+  (msgspec writes a bare string); no U+0000 in any text (PostgreSQL cannot store it);
 - security schemes per route: the run token on the agent routes, the host token on
   host-mode polling, the API token on the operator's; none on ``/healthz``, the login and
   ``/ipxe/{mac}``; and ``429`` on the login (its rate limit).
@@ -37,7 +38,7 @@ import msgspec
 from vetting_core.protocol import ErrorBody
 
 from .auth import agent_guard, host_agent_guard, operator_guard
-from .limits import MAX_DEPTH, MAX_ENTRIES
+from .limits import MAX_DEPTH, MAX_ENTRIES, NO_NUL
 
 BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 SCHEMES = {
@@ -126,7 +127,22 @@ def refine(doc: dict[str, Any], app: Any) -> dict[str, Any]:
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
             }
         _exact_bounds(op, handler)
+        for p in op.get("parameters", []):
+            _no_nul(p.get("schema", {}))
+    _no_nul(doc["components"]["schemas"])
     return doc
+
+
+def _no_nul(node: Any) -> None:
+    """Every free string gets the pattern that refuses U+0000 (:data:`.limits.NO_NUL`)."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and not node.keys() & {"format", "pattern", "enum", "const", "contentEncoding"}:
+            node["pattern"] = NO_NUL
+        for v in node.values():
+            _no_nul(v)
+    elif isinstance(node, list):
+        for v in node:
+            _no_nul(v)
 
 
 def _refine_components(components: dict[str, Any], bodies: list[Any]) -> None:

@@ -14,7 +14,8 @@ Every refusal is a 400 whose ``detail`` and ``extra.field`` name the field's JSO
 (``$.samples[3][4]``), raised the same way on the routed handlers
 (:class:`.fastbody.FastBody`) and the edge (:mod:`.edge`). A document nested deeper
 than msgspec's own recursion limit (about 1,000 levels, e.g. inside an ignored unknown
-field) is a 400 too, not a ``RecursionError``.
+field) is a 400 too, not a ``RecursionError``. Text holding U+0000 is refused everywhere
+(PostgreSQL cannot store it; :class:`.app.VettingApp` refuses it in paths and queries).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .errors import ApiError
 
 MAX_DEPTH = 32  # nesting of objects and arrays inside a free-form field
 MAX_ENTRIES = 10_000  # entries of one free-form object or array
+NO_NUL = "^[^\\u0000]*$"  # the pattern of every string in the OpenAPI document
 _AT = re.compile(r" - at `(\$[^`]*)`$")
 
 Check = Callable[[Any, str], None]
@@ -76,7 +78,28 @@ def decode(decoder: msgspec.json.Decoder, body: bytes | bytearray, what: str) ->
     check = plan(decoder.type)
     if check is not None:
         check(value, "$")
+    if b"\\u0000" in body:  # rare: only then are the strings walked
+        _no_nul(value, "$")
     return value
+
+
+def _no_nul(value: Any, path: str) -> None:
+    """Text may not hold U+0000: PostgreSQL cannot store it (a 500, and a batch the agent
+    retries for ever), so it is refused on every engine alike (``NO_NUL`` in the document)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise _too(path, "text may not contain U+0000 (NUL)")
+    elif isinstance(value, msgspec.Struct):
+        positional = value.__struct_config__.array_like  # named as on the wire: $.lines[0][3]
+        for i, f in enumerate(value.__struct_fields__):
+            _no_nul(getattr(value, f), f"{path}[{i}]" if positional else f"{path}.{f}")
+    elif isinstance(value, (list, tuple)):
+        for i, x in enumerate(value):
+            _no_nul(x, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for k, x in value.items():
+            _no_nul(k, f"{path}.{k}")
+            _no_nul(x, f"{path}.{k}")
 
 
 def _integral_floats(decoder: msgspec.json.Decoder, body: bytes | bytearray, what: str, exc: msgspec.ValidationError) -> Any:

@@ -115,3 +115,19 @@ async def test_control_characters_in_log_lines_are_stored_raw_and_shown_escaped(
     text = (await env.op("GET", f"/api/v1/runs/{run_id}/logs")).text
     assert text.count("\n") == 1 and "\x1b" not in text and "\r" not in text and "\x9b" not in text
     assert text.endswith("[Alpha] \\x1b[2J\\x1b]0;owned\\x07\\x1b[31mFAIL\\x0dINFO [Alpha] all good\\x0afake line\\x9b1m\ttab\n")
+
+
+async def test_nul_in_text_is_400_on_every_engine(any_env):
+    """PostgreSQL cannot store U+0000: it was a 500 there (and an agent's batch retried for ever)."""
+    env = any_env
+    run_id, tok = await env.running()
+    r = await env.agent("POST", f"/api/v1/runs/{run_id}/log", tok, json={"seq": 1, "lines": [[TS, "Alpha", "info", "a\x00b"]]})
+    assert _field(r) == "$.lines[0][3]", r.text
+    r = await env.agent("POST", f"/api/v1/runs/{run_id}/hello", tok, json={"agent_version": "t", "hostname": "n\x00"})
+    assert _field(r) == "$.hostname"
+    r = await env.agent("POST", f"/api/v1/runs/{run_id}/result", tok, json={"stage": "Alpha", "verdict": "passed", "summary": {"k\x00": 1}})
+    assert r.status_code == 400, r.text
+    for path in ("/api/v1/runs?state=a%00b", "/api/v1/hosts?limit=1&x=%00"):
+        r = await env.op("GET", path)
+        assert r.status_code == 400 and "U+0000" in r.json()["detail"], (path, r.text)
+    assert (await env.detail(run_id))["log_line_count"] == 0

@@ -127,14 +127,15 @@ expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "503"]
 
 
 @pytest.mark.slow
-def test_schemathesis_finds_nothing(tmp_path):
+def test_schemathesis_finds_nothing(tmp_path, database_url):
     """Every check, every phase (stateful included), with a fixed seed and example budget,
     on both route families, each in its own run (so that fuzzing one cannot take the
     other's state away: an operator's cancel would end the agents' run): the agent routes
     with a live run's token and id (the hot ones answered by EdgeProtocol), then the
     operator and public routes with an API token (ids from the stateful phase's links, or
-    random)."""
-    srv = ServerProcess(tmp_path / "srv", settings={"logging": {"level": "warning"}, "peers": {"iperf3_ports": ""}})
+    random). Both engines: text PostgreSQL cannot store was a 500 there only."""
+    srv = ServerProcess(tmp_path / "srv", database_url=database_url,
+                        settings={"logging": {"level": "warning"}, "peers": {"iperf3_ports": ""}})
     with srv:
         host = srv.create_host("st-node", "aa:bb:cc:00:00:01")
         run_id, tok = srv.start_run(host["id"], stages=["InventoryCheck", "CPUStress"])
