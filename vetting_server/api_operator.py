@@ -256,14 +256,16 @@ class RunController(Controller):
     async def start_run(self, request: Request, data: JSONBody[RunStart]) -> RunCreated:
         user = await operator(request)
         rt = runtime(request)
-        if (data.host_id is None) == (data.host is None):
+        by_id = data.host_id is not msgspec.UNSET
+        if by_id == (data.host is not msgspec.UNSET):
             raise ApiError(422, "host_id: give exactly one of host_id and host (a host name)", {"field": "host_id"})
-        if data.host_id is not None:
+        if by_id:
             host = await rt.db.fetchrow("SELECT * FROM hosts WHERE id = $1", data.host_id)
         else:
             host = await rt.db.fetchrow("SELECT * FROM hosts WHERE name = $1", data.host)
         if host is None:
-            raise ApiError(422, f"host_id: no such host ({data.host_id or data.host})", {"field": "host_id"})
+            ref = data.host_id if by_id else data.host
+            raise ApiError(422, f"host_id: no such host ({ref})", {"field": "host_id"})
         busy = await rt.db.fetchval(
             "SELECT id FROM runs WHERE host_id = $1 AND state IN "
             "('Registered', 'Queued', 'WaitingBoot', 'Booting', 'Running', 'Reporting', 'FailedHolding')",
