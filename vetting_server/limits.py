@@ -118,7 +118,7 @@ def _integral_floats(decoder: msgspec.json.Decoder, body: bytes | bytearray, wha
 
     try:
         return msgspec.convert(ints(msgspec.json.decode(body)), decoder.type)
-    except msgspec.ValidationError:
+    except (msgspec.ValidationError, RecursionError):
         raise invalid(what, exc) from None
 
 

@@ -11,9 +11,11 @@ import statistics
 import time
 
 import anyio
+import httpx
 import msgspec
 import pytest
 
+from tests.support.server import ServerProcess
 from vetting_server.database import utcnow
 from vetting_server.security import hash_password
 
@@ -95,35 +97,51 @@ async def test_unknown_users_cost_the_same_as_wrong_passwords(env):
     assert med["known"] > 0.01, med  # argon2id does real work
 
 
-async def test_hashing_does_not_stall_heartbeats(env):
-    run_id, tok = await env.running()
-    await add_user(env, "dave", hash_password(PASSWORD))
-    unlimited(env)
-    beats: list[float] = []
-    done = anyio.Event()
+async def test_hashing_does_not_stall_heartbeats(tmp_path):
+    """A real server process: while 24 logins are hashed, heartbeats from another client
+    are answered as usual."""
+    srv = ServerProcess(tmp_path / "srv", settings={"login": {"free_attempts": 1000}})
+    with srv:
+        srv.cli("admin", "create", "dave", "--password-stdin", input=PASSWORD + "\n", check=True)
+        host = srv.create_host("n1", "aa:bb:cc:00:00:01")
+        run_id, tok = srv.start_run(host["id"], stages=["InventoryCheck"])
+        for step in ("hello", "claim"):
+            srv.agent("POST", f"/api/v1/runs/{run_id}/{step}", tok, json={"agent_version": "t", "hostname": "n1"}).raise_for_status()
+        beats: list[float] = []
+        done = anyio.Event()
+        async with httpx.AsyncClient(base_url=srv.base_url, timeout=30) as c:
 
-    async def heartbeats() -> None:
-        while not done.is_set():
+            async def heartbeats() -> None:
+                while not done.is_set():
+                    t = time.perf_counter()
+                    r = await c.post(f"/api/v1/runs/{run_id}/heartbeat", json={}, headers={"Authorization": f"Bearer {tok}"})
+                    assert r.status_code == 200
+                    beats.append(time.perf_counter() - t)
+                    await anyio.sleep(0.01)
+
+            async def logins() -> None:
+                await anyio.sleep(0.2)
+                async with httpx.AsyncClient(base_url=srv.base_url, timeout=30) as lc:
+
+                    async def one(i: int) -> None:
+                        await lc.post("/api/v1/auth/token", json={"username": "dave", "password": PASSWORD if i % 2 else "wrong"})
+
+                    async with anyio.create_task_group() as tg:
+                        for i in range(24):
+                            tg.start_soon(one, i)
+                done.set()
+
             t = time.perf_counter()
-            r = await env.agent("POST", f"/api/v1/runs/{run_id}/heartbeat", tok, json={})
-            assert r.status_code == 200
-            beats.append(time.perf_counter() - t)
-            await anyio.sleep(0.005)
-
-    async def logins() -> None:
-        async with anyio.create_task_group() as tg:
-            for i in range(24):
-                tg.start_soon(login, env, "dave", PASSWORD if i % 2 else "wrong")
-        done.set()
-
-    t = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(heartbeats)
-        tg.start_soon(logins)
-    burst = time.perf_counter() - t
-    assert burst > 0.2 and len(beats) >= 10, (burst, len(beats))
-    # before: scrypt on the event loop, heartbeat max 147-911 ms during a 30-login burst
-    assert max(beats) < 0.15, (max(beats), burst)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(heartbeats)
+                tg.start_soon(logins)
+            burst = time.perf_counter() - t
+    during = beats[len(beats) // 10:]  # the burst (the first beats came before it)
+    assert burst > 0.4 and len(during) >= 10, (burst, len(beats))
+    # before: scrypt ran on the event loop, so every heartbeat waited for the hash in progress
+    # (max 147-911 ms during a 30-login burst in the issue); now hashes run in worker threads
+    p90 = sorted(during)[int(len(during) * 0.9)]  # measured here: 17-20 ms now, 100-330 ms before
+    assert p90 < 0.06, (p90, max(during), statistics.median(during), burst)
 
 
 async def test_argon2id_and_transparent_rehash_of_scrypt(env):
