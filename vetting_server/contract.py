@@ -156,8 +156,6 @@ def _refine_components(components: dict[str, Any], bodies: list[Any]) -> None:
             structs[origin.__name__] = origin
             for f in msgspec.structs.fields(origin):
                 collect(f.type)
-                for a in typing.get_args(f.type):
-                    collect(a)
 
     for t in bodies:
         collect(t)
