@@ -25,6 +25,7 @@ from vetting_core import __version__
 from vetting_core.config import Settings
 from vetting_core.plugins import Registry, load_registry
 from vetting_core.protocol import ErrorBody
+from vetting_core.text import printable
 
 from . import contract, edge
 from .api_agent import EDGE_ROUTES, AgentController, ArtifactController, artifact_body_limit
@@ -44,7 +45,8 @@ log = structlog.get_logger()
 
 
 def _error(status: int, detail: str, extra: Any = None, headers: dict[str, str] | None = None) -> Response[ErrorBody]:
-    return Response(ErrorBody(status_code=status, detail=detail, extra=extra), status_code=status, headers=headers)
+    # a detail may quote the client's text: control characters (U+0000 too) are shown escaped
+    return Response(ErrorBody(status_code=status, detail=printable(detail), extra=extra), status_code=status, headers=headers)
 
 
 def _api_error(request: Request, exc: ApiError) -> Response[ErrorBody]:

@@ -41,6 +41,16 @@ from .auth import agent_guard, host_agent_guard, operator_guard
 from .limits import MAX_DEPTH, MAX_ENTRIES, NO_NUL
 
 BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+# free-form JSON (``Any``), as limits.decode takes it: no U+0000 in keys or text, bounded sizes
+_JSON = "#/components/schemas/JsonValue"
+FREE_FORM = {"maxProperties": MAX_ENTRIES, "propertyNames": {"pattern": NO_NUL}, "additionalProperties": {"$ref": _JSON}}
+JSON_VALUE = {
+    "anyOf": [
+        {"type": "string", "pattern": NO_NUL}, {"type": "number"}, {"type": "boolean"}, {"type": "null"},
+        {"type": "array", "maxItems": MAX_ENTRIES, "items": {"$ref": _JSON}},
+        {"type": "object", **FREE_FORM},
+    ],
+}
 SCHEMES = {
     "runToken": "the run's token (`vr_…`): shown when the run is created, put on the kernel line by /ipxe/{mac}",
     "hostToken": "the host's agent token (`vh_…`, host mode)",
@@ -99,6 +109,7 @@ def refine(doc: dict[str, Any], app: Any) -> dict[str, Any]:
     schemas, components = msgspec.json.schema_components(bodies, ref_template="#/components/schemas/{name}")
     by_type = dict(zip(bodies, schemas))
     _refine_components(components, bodies)
+    components["JsonValue"] = JSON_VALUE
     doc.setdefault("components", {})["schemas"] = components  # every body is a Struct: Litestar's are all replaced
     doc["components"]["securitySchemes"] = {
         name: {"type": "http", "scheme": "bearer", "description": text} for name, text in SCHEMES.items()
@@ -176,10 +187,11 @@ def _refine_components(components: dict[str, Any], bodies: list[Any]) -> None:
             for s in (prop, *prop.get("anyOf", ())):
                 if s.get("contentEncoding") == "base64":
                     s.setdefault("pattern", BASE64)
-                if s == {"type": "object"}:  # dict[str, Any]: free-form JSON, bounded by limits.check_free_form
-                    s["maxProperties"] = MAX_ENTRIES
+                if s.get("type") == "object" and not s.keys() & {"properties", "additionalProperties"}:
+                    # dict[str, Any]: free-form JSON, bounded by limits.check_free_form
+                    s.update(FREE_FORM)
                     prop["description"] = (f"free-form JSON: at most {MAX_DEPTH} levels of objects and arrays, "
-                                           f"{MAX_ENTRIES} entries in each")
+                                           f"{MAX_ENTRIES} entries in each, no U+0000 in its text")
 
 
 def _exact_bounds(op: dict[str, Any], handler: Any) -> None:

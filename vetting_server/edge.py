@@ -24,6 +24,7 @@ import msgspec
 import structlog
 
 from vetting_core.protocol import ErrorBody
+from vetting_core.text import printable
 
 from . import limits
 from .auth import authenticate_run, cached_run_auth, parse_bearer
@@ -83,7 +84,8 @@ def _decode(route: EdgeRoute, path: str, body: bytes | bytearray | None, max_bod
 def _error(path: str, exc: Exception) -> Reply:
     if isinstance(exc, ApiError):
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-        return Reply(exc.status_code, _encode(ErrorBody(status_code=exc.status_code, detail=exc.detail, extra=exc.extra)), headers)
+        body = ErrorBody(status_code=exc.status_code, detail=printable(exc.detail), extra=exc.extra)
+        return Reply(exc.status_code, _encode(body), headers)
     log.exception("request.failed", path=path, error=f"{type(exc).__name__}: {exc}")
     return Reply(500, _encode(ErrorBody(status_code=500, detail=f"internal error: {type(exc).__name__}; see the server log")), [])
 

@@ -29,6 +29,7 @@ import msgspec.inspect as mi
 from litestar.params import PathParameter, QueryParameter
 
 from vetting_core.model import INT64_MAX
+from vetting_core.text import printable
 
 from .errors import ApiError
 
@@ -57,8 +58,8 @@ def field_of(exc: msgspec.ValidationError) -> str:
 
 
 def invalid(what: str, exc: msgspec.ValidationError) -> ApiError:
-    field = field_of(exc)
-    return ApiError(400, f"Validation failed for {what}: {exc}", {"field": field})
+    # the message may quote the client's text (an unknown field's name): shown escaped
+    return ApiError(400, printable(f"Validation failed for {what}: {exc}"), {"field": printable(field_of(exc))})
 
 
 def decode(decoder: msgspec.json.Decoder, body: bytes | bytearray, what: str) -> Any:
@@ -123,6 +124,7 @@ def _integral_floats(decoder: msgspec.json.Decoder, body: bytes | bytearray, wha
 
 
 def _too(path: str, message: str) -> ApiError:
+    path = printable(path)  # a free-form key may hold control characters
     return ApiError(400, f"{path}: {message}", {"field": path})
 
 
