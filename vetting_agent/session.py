@@ -163,7 +163,8 @@ class RunSession:
         self.out.log(LogLine(ts=utcnow(), stage=stage, level=level, message=message))
 
     def _on_progress(self, stage: str, fraction: float | None, message: str) -> None:
-        self.progress = fraction
+        # the server takes 0..1 (a heartbeat with more is refused): a stage's rounding stays in range
+        self.progress = None if fraction is None or fraction != fraction else min(max(float(fraction), 0.0), 1.0)
         self.message = message
 
     def _die(self, exc: BaseException) -> None:
@@ -239,7 +240,7 @@ class RunSession:
                 opts.spool_dir / f"run-{self.run_id}.sqlite", max_batch_bytes=claim.max_batch_bytes
             )
             try:
-                settled = await self.spool.sync_server(claim.log_seq, claim.sensor_seq)
+                settled = await self.spool.sync_server(claim.log_seq, claim.sensor_seq, claim.log_seq_max, claim.sensor_seq_max)
                 if settled:
                     log.info("agent.spool_resumed", settled=settled, pending=self.spool.pending)
                 return await self._run_claimed(claim)

@@ -152,19 +152,21 @@ class Spool:
     async def last_seq(self, kind: str) -> int:
         return await self._call(lambda c: self._last_seq(c, kind))
 
-    async def sync_server(self, log_seq: int, sensor_seq: int) -> int:
-        """Reconcile with the last sequence numbers the orchestrator says it stored.
+    async def sync_server(self, log_seq: int, sensor_seq: int, log_max: int = 0, sensor_max: int = 0) -> int:
+        """Reconcile with what the orchestrator says it stored (its claim reply).
 
-        Batches up to those numbers are acknowledged (their ack was lost, or another
-        agent instance sent them); new batches are numbered after the larger of the
-        spool's and the server's counter. Returns how many entries it settled.
+        Batches up to ``log_seq``/``sensor_seq`` (every batch from 1 to there is stored)
+        are acknowledged (their ack was lost, or another agent instance sent them);
+        pending ones above stay to be sent (a gap). New batches are numbered after the
+        largest of the spool's counter and the highest the server stored (``*_max``), so
+        they never reuse a stored number. Returns how many entries it settled.
         """
 
         def _sync(conn: sqlite3.Connection) -> int:
             settled = 0
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
-                for kind, seq in ((KIND_LOG, log_seq), (KIND_SENSOR, sensor_seq)):
+                for kind, seq, top in ((KIND_LOG, log_seq, log_max), (KIND_SENSOR, sensor_seq, sensor_max)):
                     cur = conn.execute(
                         "UPDATE outbox SET state='acked', body=NULL, done=? "
                         "WHERE kind=? AND state='pending' AND seq<=?",
@@ -174,7 +176,7 @@ class Spool:
                     conn.execute(
                         "INSERT INTO counters(kind, seq) VALUES(?, ?) "
                         "ON CONFLICT(kind) DO UPDATE SET seq=max(seq, excluded.seq)",
-                        (kind, seq),
+                        (kind, max(seq, top)),
                     )
             return settled
 

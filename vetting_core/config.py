@@ -31,6 +31,14 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
+class TlsSettings(_Section):
+    """HTTPS on the server's own port (``docs/security.md``): both files or neither."""
+
+    cert: str | None = None  # PEM certificate (chain)
+    key: str | None = None  # its PEM private key
+    hsts_max_age_s: int = 31_536_000  # Strict-Transport-Security on every reply while TLS is on; 0: none
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = 8080
@@ -38,7 +46,12 @@ class ServerSettings(_Section):
     data_dir: str = "./var"  # logs, artifacts, reports
     max_agent_body_bytes: int = 1 << 20
     max_artifact_bytes: int = 16 << 20  # largest artifact file an agent uploads (its own route)
+    max_run_artifacts: int = 1000  # files one run's agent may upload (413 past it)
+    max_run_artifact_bytes: int = 2 << 30  # and their total size
     max_operator_body_bytes: int = 16 << 20
+    header_timeout_s: float = 10.0  # a request's line and headers must arrive within this (408 and closed)
+    body_timeout_s: float = 60.0  # and its body within this, once the headers are in
+    tls: TlsSettings = msgspec.field(default_factory=TlsSettings)
 
 
 class DatabaseSettings(_Section):
@@ -155,6 +168,15 @@ class FirmwareSettings(_Section):
     bmc_inventory_timeout_s: float = 30.0  # reading a host's BMC firmware inventory for its Firmware stage
 
 
+class LoginSettings(_Section):
+    """Password logins (``POST /api/v1/auth/token``): rate limit and failure audit."""
+
+    free_attempts: int = 5  # failed attempts per user name, and per source address, before backoff
+    backoff_s: float = 1.0  # then refused (429) for this long, doubling with each further failure
+    max_backoff_s: float = 900.0
+    audit_interval_s: float = 60.0  # failed logins go to the event log as one row per interval at most
+
+
 class PluginSettings(_Section):
     disable: list[str] = []  # plugin (entry point) names; also $VETTING_DISABLE_PLUGINS
 
@@ -176,6 +198,7 @@ class Settings(_Section):
     peers: PeerSettings = msgspec.field(default_factory=PeerSettings)
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     firmware: FirmwareSettings = msgspec.field(default_factory=FirmwareSettings)
+    login: LoginSettings = msgspec.field(default_factory=LoginSettings)
     plugins: PluginSettings = msgspec.field(default_factory=PluginSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
@@ -235,6 +258,9 @@ def _check_references(settings: Settings, source: str) -> None:
                     f"{source}: $.notifications.routes[{i}].targets: unknown target {target!r} "
                     f"(defined: {names or 'none'})"
                 )
+    tls = settings.server.tls
+    if (tls.cert is None) != (tls.key is None):
+        raise ConfigError(f"{source}: $.server.tls needs both cert and key (PEM files), or neither")
     if settings.dispatcher.concurrency < 1:
         raise ConfigError(f"{source}: $.dispatcher.concurrency must be at least 1")
     for path, value, low, high in _ranges(settings):
@@ -313,6 +339,15 @@ def _ranges(settings: Settings) -> list[tuple[str, float, float, float]]:
         ("$.server.max_agent_body_bytes", s.server.max_agent_body_bytes, 1024, inf),
         ("$.server.max_artifact_bytes", s.server.max_artifact_bytes, 0, inf),
         ("$.server.max_operator_body_bytes", s.server.max_operator_body_bytes, 1024, inf),
+        ("$.server.max_run_artifacts", s.server.max_run_artifacts, 0, inf),
+        ("$.server.max_run_artifact_bytes", s.server.max_run_artifact_bytes, 0, inf),
+        ("$.server.header_timeout_s", s.server.header_timeout_s, 0.1, 3600),
+        ("$.server.body_timeout_s", s.server.body_timeout_s, 0.1, 86400),
+        ("$.server.tls.hsts_max_age_s", s.server.tls.hsts_max_age_s, 0, inf),
+        ("$.login.free_attempts", s.login.free_attempts, 1, inf),
+        ("$.login.backoff_s", s.login.backoff_s, 0, inf),
+        ("$.login.max_backoff_s", s.login.max_backoff_s, 0, inf),
+        ("$.login.audit_interval_s", s.login.audit_interval_s, 0.01, inf),
         ("$.database.busy_timeout_ms", s.database.busy_timeout_ms, 0, inf),
         ("$.database.pool_min", s.database.pool_min, 1, inf),
         ("$.database.pool_max", s.database.pool_max, 1, inf),

@@ -10,9 +10,15 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
+
+INT64_MAX = 2**63 - 1  # BIGINT columns (PostgreSQL), SQLite's INTEGER
+INT32_MAX = 2**31 - 1  # INTEGER columns on PostgreSQL (ordinals, attempts)
+Count = Annotated[int, Meta(ge=0, le=INT64_MAX)]
+Ordinal = Annotated[int, Meta(ge=0, le=INT32_MAX)]
 
 
 class Verdict(str, enum.Enum):
@@ -116,7 +122,7 @@ class SubStep(msgspec.Struct, kw_only=True):
     """A finer unit inside a stage: one disk, one NIC, one GPU, one stressor."""
 
     stage_name: str
-    ordinal: int
+    ordinal: Ordinal
     name: str
     state: Verdict = Verdict.pending
     reason: str | None = None
@@ -158,7 +164,7 @@ class Artifact(msgspec.Struct, kw_only=True):
     kind: str
     path: str
     sha256: str
-    size_bytes: int
+    size_bytes: Count
     stage: str | None = None
 
 

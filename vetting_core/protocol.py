@@ -31,13 +31,27 @@ and advances the run once; a different result for a finished stage gets 409.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
-from .model import Artifact, FirmwareSnapshot, Measurement, SubStep, ThresholdRule, Verdict
+from .model import INT64_MAX, Artifact, Count, FirmwareSnapshot, Measurement, SubStep, ThresholdRule, Verdict
 
 PROTOCOL_VERSION = 1
+
+# Bounds of what the server accepts, in the Structs so that decoding checks them (with
+# the field's path in the error) and the OpenAPI document shows them. Integers are
+# kept to the range of the column they land in; list lengths are far above what a
+# body within ``server.max_agent_body_bytes`` can hold, and stop an operator-sized
+# body (16 MiB) from carrying millions of rows.
+Seq = Annotated[int, Meta(ge=1, le=INT64_MAX)]  # batches.seq (BIGINT); numbered from 1 per stream
+SeqRef = Annotated[int, Meta(ge=0, le=INT64_MAX)]  # a seq or 0 (none yet)
+Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+MAX_BATCH_ITEMS = 100_000
+MAX_RESULT_ITEMS = 100_000
+MAX_LIST = 10_000
+MAX_GAPS = 100  # gap ranges listed in a ClaimReply per stream
 
 KERNEL_PARAM_SERVER = "vetting.server"
 KERNEL_PARAM_RUN = "vetting.run"
@@ -51,7 +65,7 @@ class Hello(msgspec.Struct, kw_only=True):
     mac: str | None = None
     boot_id: str = ""
     mode: Literal["pxe", "connect", "host"] = "connect"
-    protocol: int = PROTOCOL_VERSION
+    protocol: Annotated[int, Meta(ge=0, le=1 << 31)] = PROTOCOL_VERSION
 
 
 class HelloReply(msgspec.Struct, kw_only=True):
@@ -63,7 +77,7 @@ class HelloReply(msgspec.Struct, kw_only=True):
 class Claim(msgspec.Struct, kw_only=True):
     agent_version: str
     hostname: str
-    stages_installed: list[str] = []
+    stages_installed: Annotated[list[str], Meta(max_length=MAX_LIST)] = []
 
 
 class PlannedStage(msgspec.Struct, kw_only=True):
@@ -87,18 +101,25 @@ class ClaimReply(msgspec.Struct, kw_only=True):
     override_flags: dict[str, Any] = {}
     heartbeat_interval_s: float = 10.0
     heartbeat_timeout_s: float = 60.0
-    log_seq: int = 0  # last log batch the server stored: the agent resumes after it
+    # per stream: every batch 1..log_seq is stored; ``log_gaps`` lists the missing ranges
+    # [first, last] above it (at most MAX_GAPS, lowest first) and ``log_seq_max`` is the
+    # highest stored: a resumed agent resends the gaps and numbers new batches after the max
+    log_seq: int = 0
     sensor_seq: int = 0
+    log_seq_max: int = 0
+    sensor_seq_max: int = 0
+    log_gaps: list[tuple[int, int]] = []
+    sensor_gaps: list[tuple[int, int]] = []
     max_batch_bytes: int = 1 << 20
     max_artifact_bytes: int = 16 << 20  # larger artifacts stay on the machine (listed, not uploaded)
 
 
 class Heartbeat(msgspec.Struct, kw_only=True):
     stage: str | None = None
-    progress: float | None = None  # 0..1 within the stage
+    progress: Fraction | None = None  # 0..1 within the stage
     message: str = ""
-    spool_depth: int = 0
-    last_rtt_s: float | None = None  # round trip of the agent's previous heartbeat (/metrics)
+    spool_depth: Count = 0
+    last_rtt_s: Annotated[float, Meta(ge=0.0, le=86400.0)] | None = None  # round trip of the agent's previous heartbeat (/metrics)
 
 
 class HeartbeatReply(msgspec.Struct, kw_only=True):
@@ -116,13 +137,13 @@ class LogLine(msgspec.Struct, kw_only=True, array_like=True, gc=False):  # atomi
 
 
 class LogBatch(msgspec.Struct, kw_only=True):
-    seq: int
-    lines: list[LogLine]
+    seq: Seq
+    lines: Annotated[list[LogLine], Meta(max_length=MAX_BATCH_ITEMS)]
 
 
 class SensorBatch(msgspec.Struct, kw_only=True):
-    seq: int
-    samples: list[Measurement]
+    seq: Seq
+    samples: Annotated[list[Measurement], Meta(max_length=MAX_BATCH_ITEMS)]
 
 
 class BatchAck(msgspec.Struct, kw_only=True):
@@ -139,13 +160,13 @@ class StageResult(msgspec.Struct, kw_only=True):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     summary: dict[str, Any] = {}
-    substeps: list[SubStep] = []
-    measurements: list[Measurement] = []
+    substeps: Annotated[list[SubStep], Meta(max_length=MAX_LIST)] = []
+    measurements: Annotated[list[Measurement], Meta(max_length=MAX_RESULT_ITEMS)] = []
     inventory: dict[str, Any] | None = None
-    firmware: list[FirmwareSnapshot] = []
-    artifacts: list[Artifact] = []
-    log_seq: int = 0  # last log batch sent before this result
-    sensor_seq: int = 0
+    firmware: Annotated[list[FirmwareSnapshot], Meta(max_length=MAX_LIST)] = []
+    artifacts: Annotated[list[Artifact], Meta(max_length=MAX_LIST)] = []
+    log_seq: SeqRef = 0  # last log batch sent before this result
+    sensor_seq: SeqRef = 0
     hold: bool = False  # the stage asks the orchestrator for a hold (wipe probe found data)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import JSONBody, Parameter
 
 from vetting_core.protocol import (
     ArtifactAck,
@@ -43,7 +43,8 @@ from .auth import agent_auth, agent_guard, bearer, host_agent_guard, runtime
 from .database import utcnow
 from .edge import EdgeRoute
 from .fastbody import FastBody
-from .errors import ApiError, bad_request, forbidden, unauthorized
+from .errors import ApiError, forbidden, unauthorized
+from .limits import PathId
 from .security import new_token, token_hash
 
 RUN = "/api/v1/runs/{run_id:int}"
@@ -51,11 +52,6 @@ RUN = "/api/v1/runs/{run_id:int}"
 
 def _peer(request: Request) -> str | None:
     return request.client.host if request.client else None
-
-
-def _check_seq(seq: int) -> None:
-    if seq < 1:
-        raise bad_request(f"seq must be ≥ 1 (got {seq}): batches are numbered from 1 per stream")
 
 
 def heartbeat_reply(rt: Any, run_id: int, auth: Any, data: Heartbeat) -> HeartbeatReply:
@@ -81,7 +77,6 @@ def heartbeat_reply(rt: Any, run_id: int, auth: Any, data: Heartbeat) -> Heartbe
 
 
 async def sensor_ack(rt: Any, run_id: int, auth: Any, data: SensorBatch) -> BatchAck:
-    _check_seq(data.seq)
     try:
         stored, dup, breaches = await rt.ingest.sensor(run_id, data.seq, data.samples)
     except TypeError as exc:  # e.g. naive and aware timestamps mixed in one batch
@@ -90,7 +85,6 @@ async def sensor_ack(rt: Any, run_id: int, auth: Any, data: SensorBatch) -> Batc
 
 
 async def log_ack(rt: Any, run_id: int, auth: Any, data: LogBatch) -> BatchAck:
-    _check_seq(data.seq)
     stored, dup = await rt.ingest.logs(run_id, data.seq, data.lines)
     return BatchAck(seq=data.seq, stored=stored, duplicate=dup)
 
@@ -109,52 +103,56 @@ class AgentController(Controller):
     tags = ["agent"]
     guards = [agent_guard]
 
-    @post(RUN + "/hello", status_code=200, summary="Agent booted")
-    async def hello(self, request: Request, run_id: FromPath[int], data: JSONBody[Hello]) -> HelloReply:
+    @post(RUN + "/hello", status_code=200, summary="Agent booted", dto=FastBody[Hello], return_dto=None)
+    async def hello(self, request: Request, run_id: PathId, data: JSONBody[Hello]) -> HelloReply:
         await agent_auth(request, run_id)
         return await runtime(request).service.hello(run_id, data, _peer(request))
 
-    @post(RUN + "/claim", status_code=200, summary="Claim the run: the stage plan")
-    async def claim(self, request: Request, run_id: FromPath[int], data: JSONBody[Claim]) -> ClaimReply:
+    @post(RUN + "/claim", status_code=200, summary="Claim the run: the stage plan", dto=FastBody[Claim], return_dto=None)
+    async def claim(self, request: Request, run_id: PathId, data: JSONBody[Claim]) -> ClaimReply:
         await agent_auth(request, run_id)
         return await runtime(request).service.claim(run_id, data)
 
     @post(RUN + "/heartbeat", status_code=200, summary="Liveness; the reply carries cmd", opt={"allow_finished": True},
           dto=FastBody[Heartbeat], return_dto=None)
-    async def heartbeat(self, request: Request, run_id: FromPath[int], data: JSONBody[Heartbeat]) -> HeartbeatReply:
+    async def heartbeat(self, request: Request, run_id: PathId, data: JSONBody[Heartbeat]) -> HeartbeatReply:
         auth = await agent_auth(request, run_id, allow_finished=True)
         return heartbeat_reply(runtime(request), run_id, auth, data)
 
     @post(RUN + "/log", status_code=200, summary="A batch of log lines", dto=FastBody[LogBatch], return_dto=None)
-    async def log(self, request: Request, run_id: FromPath[int], data: JSONBody[LogBatch]) -> BatchAck:
+    async def log(self, request: Request, run_id: PathId, data: JSONBody[LogBatch]) -> BatchAck:
         return await log_ack(runtime(request), run_id, await agent_auth(request, run_id), data)
 
     @post(RUN + "/sensor", status_code=200, summary="A batch of samples: judged and stored", dto=FastBody[SensorBatch],
           return_dto=None)
-    async def sensor(self, request: Request, run_id: FromPath[int], data: JSONBody[SensorBatch]) -> BatchAck:
+    async def sensor(self, request: Request, run_id: PathId, data: JSONBody[SensorBatch]) -> BatchAck:
         return await sensor_ack(runtime(request), run_id, await agent_auth(request, run_id), data)
 
     @post(RUN + "/result", status_code=200, summary="A stage result (idempotent)", dto=FastBody[StageResult], return_dto=None)
-    async def result(self, request: Request, run_id: FromPath[int], data: JSONBody[StageResult]) -> ResultReply:
+    async def result(self, request: Request, run_id: PathId, data: JSONBody[StageResult]) -> ResultReply:
         await agent_auth(request, run_id)
         return await runtime(request).service.result(run_id, data)
 
-    @post(RUN + "/hold", status_code=200, summary="Open a hold: receive an SSH key to authorize")
-    async def hold(self, request: Request, run_id: FromPath[int], data: JSONBody[HoldRequest]) -> HoldReply:
+    @post(RUN + "/hold", status_code=200, summary="Open a hold: receive an SSH key to authorize", dto=FastBody[HoldRequest],
+          return_dto=None)
+    async def hold(self, request: Request, run_id: PathId, data: JSONBody[HoldRequest]) -> HoldReply:
         await agent_auth(request, run_id)
         return await runtime(request).service.hold(run_id, data, _peer(request))
 
-    @post(RUN + "/peer", status_code=200, summary="Lease a test peer (an iperf3 server port) for one test")
-    async def peer(self, request: Request, run_id: FromPath[int], data: JSONBody[PeerRequest]) -> PeerReply:
+    @post(RUN + "/peer", status_code=200, summary="Lease a test peer (an iperf3 server port) for one test",
+          dto=FastBody[PeerRequest], return_dto=None)
+    async def peer(self, request: Request, run_id: PathId, data: JSONBody[PeerRequest]) -> PeerReply:
         await agent_auth(request, run_id)
         return await runtime(request).peers.lease(run_id, data.kind, request.url.hostname or "127.0.0.1")
 
-    @post(RUN + "/peer/release", status_code=200, summary="Give a test peer back", opt={"allow_finished": True})
-    async def release_peer(self, request: Request, run_id: FromPath[int], data: JSONBody[PeerRelease]) -> PeerReleaseReply:
+    @post(RUN + "/peer/release", status_code=200, summary="Give a test peer back", opt={"allow_finished": True},
+          dto=FastBody[PeerRelease], return_dto=None)
+    async def release_peer(self, request: Request, run_id: PathId, data: JSONBody[PeerRelease]) -> PeerReleaseReply:
         await agent_auth(request, run_id, allow_finished=True)
         return PeerReleaseReply(released=await runtime(request).peers.release(run_id, data.lease_id))
 
-    @post("/api/v1/agents/heartbeat", status_code=200, summary="Host-mode agent poll (host token)", guards=[host_agent_guard])
+    @post("/api/v1/agents/heartbeat", status_code=200, summary="Host-mode agent poll (host token)", guards=[host_agent_guard],
+          dto=FastBody[HostHeartbeat], return_dto=None)
     async def host_heartbeat(self, request: Request, data: JSONBody[HostHeartbeat]) -> HostHeartbeatReply:
         rt = runtime(request)
         token = bearer(request)
@@ -208,10 +206,11 @@ class ArtifactController(Controller):
     tags = ["agent"]
     guards = [agent_guard]
 
-    @post(RUN + "/artifact", status_code=200, summary="Upload an artifact file (before the result that lists it)")
-    async def artifact(self, request: Request, run_id: FromPath[int], data: JSONBody[ArtifactUpload]) -> ArtifactAck:
-        await agent_auth(request, run_id)
-        return await store_artifact(runtime(request), run_id, data)
+    @post(RUN + "/artifact", status_code=200, summary="Upload an artifact file (before the result that lists it)",
+          dto=FastBody[ArtifactUpload], return_dto=None)
+    async def artifact(self, request: Request, run_id: PathId, data: JSONBody[ArtifactUpload]) -> ArtifactAck:
+        auth = await agent_auth(request, run_id)
+        return await store_artifact(runtime(request), run_id, auth.state, data)
 
 
 def artifact_body_limit(max_artifact_bytes: int) -> int:

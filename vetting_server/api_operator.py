@@ -7,7 +7,6 @@ change an operator makes is written to the events table with the operator's name
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -17,10 +16,15 @@ from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 
 from vetting_core import __version__
 from vetting_core.cmdline import MAX_LENGTH
+from vetting_core.model import INT64_MAX
+from vetting_core.text import printable
 
+from .artifacts import hold_dir, stored_file
 from .auth import operator, operator_guard, runtime
 from .database import UniqueViolation, as_dt, utcnow
 from .errors import ApiError, conflict, not_found, unauthorized
+from .fastbody import FastBody
+from .limits import PathId, QueryId
 from .hosts import FieldError, normalize_mac, parse_host_spec, validate_boot, validate_name
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .migrate import current_version
@@ -42,7 +46,7 @@ from .schemas import (
     SeriesOut,
     TokenReply,
 )
-from .security import new_token, token_hash, verify_password
+from .security import new_token, token_hash
 from .views import event_out, host_out, run_detail, run_out, series
 
 RUN_ORDER = {
@@ -100,15 +104,22 @@ class SystemController(Controller):
     async def metrics(self, request: Request) -> Response[bytes]:
         return Response(await runtime(request).metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-    @post("/api/v1/auth/token", status_code=201, summary="Log in with a password; returns a new API token")
+    @post("/api/v1/auth/token", status_code=201, summary="Log in with a password; returns a new API token",
+          dto=FastBody[LoginRequest], return_dto=None, opt={"rate_limited": True})
     async def login(self, request: Request, data: JSONBody[LoginRequest]) -> TokenReply:
         rt = runtime(request)
+        guard = rt.login
+        name, source = data.username[:64], request.client.host if request.client else "unknown"
+        guard.begin(name, source)  # 429 while backing off
         user = await rt.db.fetchrow("SELECT * FROM users WHERE name = $1", data.username)
-        if user is None or user["disabled"] or not verify_password(data.password, user["password_hash"]):
-            async with rt.unit() as u:
-                await u.event("audit.login_failed", f"failed login for {data.username[:64]!r}", level="warning",
-                              actor=data.username[:64], data={"client": request.client.host if request.client else None})
+        ok, rehash = await guard.verify(data.password, None if user is None or user["disabled"] else user["password_hash"])
+        if not ok:
+            await guard.failed(name, source, rt.spawn)
             raise unauthorized("wrong user name or password")
+        guard.succeeded(name, source)
+        if rehash:  # an older hash (scrypt): replaced now that the password is at hand
+            await rt.db.execute("UPDATE users SET password_hash = $2 WHERE id = $1 AND password_hash = $3",
+                                int(user["id"]), await guard.rehash(data.password), user["password_hash"])
         token = new_token("vo_")
         async with rt.unit() as u:
             await u.tx.execute(
@@ -126,14 +137,15 @@ class HostController(Controller):
 
     @get("", summary="List hosts")
     async def list_hosts(self, request: Request, limit: int = Parameter(default=100, ge=1, le=1000),
-                         offset: int = Parameter(default=0, ge=0)) -> Page[HostOut]:
+                         offset: int = Parameter(default=0, ge=0, le=INT64_MAX)) -> Page[HostOut]:
         await operator(request)
         db = runtime(request).db
         rows = await db.fetch("SELECT * FROM hosts ORDER BY name LIMIT $1 OFFSET $2", limit, offset)
         total = await db.fetchval("SELECT count(*) FROM hosts")
         return Page(items=[host_out(r) for r in rows], total=int(total), limit=limit, offset=offset)
 
-    @post("", status_code=201, summary="Register a host (the reply shows its host-mode agent token once)")
+    @post("", status_code=201, summary="Register a host (the reply shows its host-mode agent token once)",
+          dto=FastBody[HostCreate], return_dto=None)
     async def create_host(self, request: Request, data: JSONBody[HostCreate]) -> HostOut:
         user = await operator(request)
         rt = runtime(request)
@@ -163,12 +175,12 @@ class HostController(Controller):
         return host_out(await _host(request, int(host_id)), agent_token=token)
 
     @get("/{host_id:int}", summary="One host")
-    async def get_host(self, request: Request, host_id: FromPath[int]) -> HostOut:
+    async def get_host(self, request: Request, host_id: PathId) -> HostOut:
         await operator(request)
         return host_out(await _host(request, host_id))
 
-    @patch("/{host_id:int}", summary="Change a host")
-    async def update_host(self, request: Request, host_id: FromPath[int], data: JSONBody[HostUpdate]) -> HostOut:
+    @patch("/{host_id:int}", summary="Change a host", dto=FastBody[HostUpdate], return_dto=None)
+    async def update_host(self, request: Request, host_id: PathId, data: JSONBody[HostUpdate]) -> HostOut:
         user = await operator(request)
         rt = runtime(request)
         old = await _host(request, host_id)
@@ -211,7 +223,7 @@ class HostController(Controller):
         return host_out(await _host(request, host_id))
 
     @delete("/{host_id:int}", status_code=204, summary="Delete a host and its run history")
-    async def delete_host(self, request: Request, host_id: FromPath[int]) -> None:
+    async def delete_host(self, request: Request, host_id: PathId) -> None:
         user = await operator(request)
         rt = runtime(request)
         host = await _host(request, host_id)
@@ -228,7 +240,7 @@ class HostController(Controller):
         await rt.pxe.refresh()
 
     @post("/{host_id:int}/agent-token", status_code=201, summary="Issue a new host-mode agent token")
-    async def rotate_token(self, request: Request, host_id: FromPath[int]) -> HostOut:
+    async def rotate_token(self, request: Request, host_id: PathId) -> HostOut:
         user = await operator(request)
         rt = runtime(request)
         host = await _host(request, host_id)
@@ -239,8 +251,8 @@ class HostController(Controller):
         return host_out(await _host(request, host_id), agent_token=token)
 
     @get("/{host_id:int}/events", summary="A host's history: operator actions and run events")
-    async def host_events(self, request: Request, host_id: FromPath[int], limit: int = Parameter(default=200, ge=1, le=1000),
-                          after: int = Parameter(default=0, ge=0)) -> list[EventOut]:
+    async def host_events(self, request: Request, host_id: PathId, limit: int = Parameter(default=200, ge=1, le=1000),
+                          after: int = Parameter(default=0, ge=0, le=INT64_MAX)) -> list[EventOut]:
         await operator(request)
         await _host(request, host_id)
         rows = await runtime(request).db.fetch(
@@ -261,18 +273,21 @@ class RunController(Controller):
     path = "/api/v1/runs"
     tags = ["runs"]
 
-    @post("", status_code=201, summary="Start a run (the reply shows the run's agent token once)")
+    @post("", status_code=201, summary="Start a run (the reply shows the run's agent token once)",
+          dto=FastBody[RunStart], return_dto=None)
     async def start_run(self, request: Request, data: JSONBody[RunStart]) -> RunCreated:
         user = await operator(request)
         rt = runtime(request)
-        if data.host_id is not None:
+        by_id = data.host_id is not msgspec.UNSET
+        if by_id == (data.host is not msgspec.UNSET):
+            raise ApiError(422, "host_id: give exactly one of host_id and host (a host name)", {"field": "host_id"})
+        if by_id:
             host = await rt.db.fetchrow("SELECT * FROM hosts WHERE id = $1", data.host_id)
-        elif data.host:
-            host = await rt.db.fetchrow("SELECT * FROM hosts WHERE name = $1", data.host)
         else:
-            raise ApiError(422, "host_id: give host_id or host (name)", {"field": "host_id"})
+            host = await rt.db.fetchrow("SELECT * FROM hosts WHERE name = $1", data.host)
         if host is None:
-            raise ApiError(422, f"host_id: no such host ({data.host_id or data.host})", {"field": "host_id"})
+            ref = data.host_id if by_id else data.host
+            raise ApiError(422, f"host_id: no such host ({ref})", {"field": "host_id"})
         busy = await rt.db.fetchval(
             "SELECT id FROM runs WHERE host_id = $1 AND state IN "
             "('Registered', 'Queued', 'WaitingBoot', 'Booting', 'Running', 'Reporting', 'FailedHolding')",
@@ -298,12 +313,12 @@ class RunController(Controller):
         self,
         request: Request,
         run_state: str | None = QueryParameter(name="state", default=None),
-        host_id: FromQuery[int | None] = None,
+        host_id: QueryId = None,
         host: FromQuery[str | None] = None,
         profile: FromQuery[str | None] = None,
         result: FromQuery[str | None] = None,
         limit: int = Parameter(default=50, ge=1, le=500),
-        offset: int = Parameter(default=0, ge=0),
+        offset: int = Parameter(default=0, ge=0, le=INT64_MAX),
         order_by: str = Parameter(default="-id", description=f"one of {sorted(RUN_ORDER)}, '-' for descending"),
     ) -> Page[RunOut]:
         await operator(request)
@@ -328,7 +343,7 @@ class RunController(Controller):
         return Page(items=[run_out(r) for r in rows], total=int(total), limit=limit, offset=offset)
 
     @get("/{run_id:int}", summary="Run detail: stages, sub-steps, diffs, thresholds, breaches, series")
-    async def get_run(self, request: Request, run_id: FromPath[int], points: int = Parameter(default=60, ge=1, le=2000)) -> RunDetail:
+    async def get_run(self, request: Request, run_id: PathId, points: int = Parameter(default=60, ge=1, le=2000)) -> RunDetail:
         await operator(request)
         detail = await run_detail(runtime(request).db, run_id, points=points)
         if detail is None:
@@ -336,14 +351,14 @@ class RunController(Controller):
         return detail
 
     @get("/{run_id:int}/series", summary="Downsampled measurement series")
-    async def get_series(self, request: Request, run_id: FromPath[int], kind: FromQuery[str | None] = None,
+    async def get_series(self, request: Request, run_id: PathId, kind: FromQuery[str | None] = None,
                          key: FromQuery[str | None] = None, points: int = Parameter(default=200, ge=1, le=5000)) -> list[SeriesOut]:
         await operator(request)
         await _run_row(request, run_id)
         return await series(runtime(request).db, run_id, kind=kind, key=key, points=points, max_series=500)
 
     @get("/{run_id:int}/events", summary="A run's history")
-    async def run_events(self, request: Request, run_id: FromPath[int], after: int = Parameter(default=0, ge=0),
+    async def run_events(self, request: Request, run_id: PathId, after: int = Parameter(default=0, ge=0, le=INT64_MAX),
                          limit: int = Parameter(default=500, ge=1, le=5000)) -> list[EventOut]:
         await operator(request)
         await _run_row(request, run_id)
@@ -353,7 +368,7 @@ class RunController(Controller):
         return [event_out(r) for r in rows]
 
     @get("/{run_id:int}/logs", summary="The run's log lines as text", media_type="text/plain")
-    async def run_logs(self, request: Request, run_id: FromPath[int], after: int = Parameter(default=0, ge=0),
+    async def run_logs(self, request: Request, run_id: PathId, after: int = Parameter(default=0, ge=0, le=INT64_MAX),
                        limit: int = Parameter(default=10000, ge=1, le=200000)) -> Response[str]:
         await operator(request)
         await _run_row(request, run_id)
@@ -362,7 +377,9 @@ class RunController(Controller):
             run_id, after, limit,
         )
         text = "".join(
-            f"{as_dt(r['ts']).isoformat(timespec='milliseconds')} {r['level']:<7} [{r['stage'] or '-'}] {r['message']}\n"
+            # stored raw; shown with control characters escaped (vetting_core.text: ANSI, CR/LF)
+            f"{as_dt(r['ts']).isoformat(timespec='milliseconds')} {printable(r['level']):<7} [{printable(r['stage'] or '-')}] "
+            f"{printable(r['message'])}\n"
             for r in rows
         )
         return Response(text, media_type="text/plain")
@@ -375,49 +392,56 @@ class RunController(Controller):
         rt.wake_dispatcher()
         return run_out(await _run_row(request, run_id))
 
-    @post("/{run_id:int}/override", status_code=200, summary="Override (e.g. the wipe probe): retry the held stage")
-    async def override(self, request: Request, run_id: FromPath[int], data: JSONBody[OverrideRequest]) -> RunOut:
+    @post("/{run_id:int}/override", status_code=200, summary="Override (e.g. the wipe probe): retry the held stage",
+          dto=FastBody[OverrideRequest], return_dto=None)
+    async def override(self, request: Request, run_id: PathId, data: JSONBody[OverrideRequest]) -> RunOut:
         return await self._action(request, run_id, "override", data.reason, data.flags)
 
-    @post("/{run_id:int}/retry-stage", status_code=200, summary="Run the held run's failed stage again (no gate overridden)")
-    async def retry_stage(self, request: Request, run_id: FromPath[int], data: JSONBody[ActionRequest | None] = None) -> RunOut:
+    @post("/{run_id:int}/retry-stage", status_code=200, summary="Run the held run's failed stage again (no gate overridden)",
+          dto=FastBody[ActionRequest], return_dto=None)
+    async def retry_stage(self, request: Request, run_id: PathId, data: JSONBody[ActionRequest | None] = None) -> RunOut:
         return await self._action(request, run_id, "retry_stage", data.reason if data else "")
 
-    @post("/{run_id:int}/release", status_code=200, summary="Release a failed or held host")
-    async def release(self, request: Request, run_id: FromPath[int], data: JSONBody[ActionRequest | None] = None) -> RunOut:
+    @post("/{run_id:int}/release", status_code=200, summary="Release a failed or held host", dto=FastBody[ActionRequest], return_dto=None)
+    async def release(self, request: Request, run_id: PathId, data: JSONBody[ActionRequest | None] = None) -> RunOut:
         return await self._action(request, run_id, "release", data.reason if data else "")
 
-    @post("/{run_id:int}/cancel", status_code=200, summary="Cancel a run")
-    async def cancel(self, request: Request, run_id: FromPath[int], data: JSONBody[ActionRequest | None] = None) -> RunOut:
+    @post("/{run_id:int}/cancel", status_code=200, summary="Cancel a run", dto=FastBody[ActionRequest], return_dto=None)
+    async def cancel(self, request: Request, run_id: PathId, data: JSONBody[ActionRequest | None] = None) -> RunOut:
         return await self._action(request, run_id, "cancel", data.reason if data else "")
 
-    @get("/{run_id:int}/report/{fmt:str}", summary="Download a report: json, html or ocptv")
-    async def report(self, request: Request, run_id: FromPath[int], fmt: FromPath[str]) -> File:
+    @get("/{run_id:int}/report/{fmt:str}", summary="Download a report: json, html or ocptv",
+         opt={"media_types": ["application/json", "text/html", "application/jsonl"]})
+    async def report(self, request: Request, run_id: PathId, fmt: FromPath[str]) -> File:
         await operator(request)
         kinds = {"json": "report", "html": "report_html", "ocptv": "report_ocptv"}
         if fmt not in kinds:
             raise not_found(f"unknown report format {fmt!r} (json, html, ocptv)")
-        row = await runtime(request).db.fetchrow(
+        rt = runtime(request)
+        row = await rt.db.fetchrow(
             "SELECT path FROM artifacts WHERE run_id = $1 AND kind = $2 AND location = 'server' ORDER BY id DESC LIMIT 1",
             run_id, kinds[fmt],
         )
-        if row is None or not Path(row["path"]).is_file():
+        path = stored_file(row and row["path"], rt.reporting.out_dir(run_id))
+        if path is None:
             raise not_found(f"run {run_id} has no {fmt} report (yet)")
         media = {"json": "application/json", "html": "text/html", "ocptv": "application/jsonl"}[fmt]
-        return File(path=row["path"], filename=Path(row["path"]).name, media_type=media, content_disposition_type="inline")
+        return File(path=path, filename=path.name, media_type=media, content_disposition_type="inline")
 
     @get("/{run_id:int}/hold-key", summary="The private SSH key of the run's hold")
-    async def hold_key(self, request: Request, run_id: FromPath[int]) -> File:
+    async def hold_key(self, request: Request, run_id: PathId) -> File:
         user = await operator(request)
         rt = runtime(request)
         row = await rt.db.fetchrow(
-            "SELECT path FROM artifacts WHERE run_id = $1 AND kind = 'hold_key' ORDER BY id DESC LIMIT 1", run_id
+            "SELECT path FROM artifacts WHERE run_id = $1 AND kind = 'hold_key' AND location = 'server' ORDER BY id DESC LIMIT 1",
+            run_id,
         )
-        if row is None or not Path(row["path"]).is_file():
+        path = stored_file(row and row["path"], hold_dir(rt, run_id))
+        if path is None:
             raise not_found(f"run {run_id} has no hold key")
         async with rt.unit() as u:
             await u.event("audit.hold_key", f"hold key of run {run_id} downloaded by {user['name']}", run_id=run_id, actor=user["name"])
-        return File(path=row["path"], filename=f"vetting-run-{run_id}-hold-key", media_type="application/octet-stream")
+        return File(path=path, filename=f"vetting-run-{run_id}-hold-key", media_type="application/octet-stream")
 
 
 class EventController(Controller):
@@ -426,15 +450,15 @@ class EventController(Controller):
     tags = ["events"]
 
     @get("", summary="The event log (all runs and hosts)")
-    async def list_events(self, request: Request, after: int = Parameter(default=0, ge=0),
+    async def list_events(self, request: Request, after: int = Parameter(default=0, ge=0, le=INT64_MAX),
                           limit: int = Parameter(default=200, ge=1, le=5000)) -> list[EventOut]:
         await operator(request)
         rows = await runtime(request).db.fetch("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2", after, limit)
         return [event_out(r) for r in rows]
 
     @get("/stream", summary="Server-sent events: run events live (Last-Event-ID resumes)")
-    async def stream(self, request: Request, run_id: FromQuery[int | None] = None,
-                     last_event_id: int | None = QueryParameter(name="last_event_id", default=None)) -> ServerSentEvent:
+    async def stream(self, request: Request, run_id: QueryId = None,
+                     last_event_id: int | None = QueryParameter(name="last_event_id", default=None, ge=0, le=INT64_MAX)) -> ServerSentEvent:
         await operator(request)
         rt = runtime(request)
         header = request.headers.get("last-event-id")

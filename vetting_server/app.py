@@ -8,6 +8,7 @@ flush, janitor, notification dispatcher) in one task group.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,13 +23,15 @@ from litestar.datastructures import CacheControlHeader
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.static_files import create_static_files_router
+from litestar.routes import HTTPRoute
 
 from vetting_core import __version__
 from vetting_core.config import Settings
 from vetting_core.plugins import Registry, load_registry
 from vetting_core.protocol import ErrorBody
+from vetting_core.text import printable
 
-from . import edge
+from . import contract, edge
 from .api_agent import EDGE_ROUTES, AgentController, ArtifactController, artifact_body_limit
 from .api_operator import EventController, HostController, RunController, SystemController
 from .database import safe_url
@@ -38,6 +41,7 @@ from .firmware.runner import CampaignRunner
 from .firmware.store import FirmwareStore
 from .ingest import Ingest
 from .metrics import Metrics
+from .login import LoginGuard
 from .migrate import migrate
 from .peers import PeerService
 from .bootfiles import BootFileController
@@ -53,7 +57,8 @@ log = structlog.get_logger()
 
 
 def _error(status: int, detail: str, extra: Any = None, headers: dict[str, str] | None = None) -> Response[ErrorBody]:
-    return Response(ErrorBody(status_code=status, detail=detail, extra=extra), status_code=status, headers=headers)
+    # a detail may quote the client's text: control characters (U+0000 too) are shown escaped
+    return Response(ErrorBody(status_code=status, detail=printable(detail), extra=extra), status_code=status, headers=headers)
 
 
 def _api_error(request: Request, exc: ApiError) -> Response[ErrorBody]:
@@ -64,6 +69,10 @@ def _validation_error(request: Request, exc: ValidationException) -> Response[Er
     """A body or parameter that does not match its schema: 400, naming the field."""
     extra = exc.extra if isinstance(exc.extra, (dict, list)) else None
     detail = exc.detail or "invalid request"
+    if isinstance(extra, list) and any(isinstance(e, dict) and e.get("source") == "body" and e.get("key") == "data" for e in extra):
+        # no body at all (a body that is there is decoded, and refused, by FastBody)
+        what = f"{request.method} {request.url.path}"
+        return _error(400, f"malformed JSON body: {what} needs a JSON body (got none)", {"field": "$"})
     if extra and isinstance(extra, list):
         msgs = [f"{e.get('key', '')}: {e.get('message', '')}".strip(": ") for e in extra if isinstance(e, dict)]
         if msgs:
@@ -117,6 +126,21 @@ class VettingApp(Litestar):
     before routing (:mod:`.edge`)."""
 
     rt: Runtime
+    _allow: list[tuple[re.Pattern[str], bytes]] | None = None
+
+    def allowed(self, path: str) -> bytes | None:
+        """The ``Allow`` header of ``path``: every method its handlers take. Litestar's own
+        OPTIONS answer named the methods of one handler only (``GET /api/v1/hosts/{id}``
+        answered ``DELETE, OPTIONS``)."""
+        if self._allow is None:
+            kinds = {"int": r"\d+", "path": r".*"}
+            self._allow = [
+                (re.compile(re.sub(r"\{\w+:(\w+)\}", lambda m: kinds.get(m[1], r"[^/]+"), r.path)),
+                 ", ".join(sorted(r.methods)).encode())
+                for r in self.routes if isinstance(r, HTTPRoute)
+            ]
+        path = path.rstrip("/") or "/"
+        return next((allow for rx, allow in self._allow if rx.fullmatch(path)), None)
 
     def edge_route(self, path: str) -> tuple[int, edge.EdgeRoute] | None:
         """(run id, route) when ``path`` is one of the hot agent routes' (a POST)."""
@@ -128,6 +152,17 @@ class VettingApp(Litestar):
         if scope["type"] == "http" and scope["method"] == "POST" and (hit := self.edge_route(scope["path"])) is not None:
             rt = self.rt
             await edge.answer(rt, scope, receive, send, *hit, rt.settings.server.max_agent_body_bytes)
+            return
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"]):
+            # PostgreSQL cannot store or compare text holding U+0000 (limits.decode refuses it in bodies)
+            body = msgspec.json.encode(ErrorBody(status_code=400, detail="the path or query contains U+0000 (NUL)"))
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        if scope["type"] == "http" and scope["method"] == "OPTIONS" and (allow := self.allowed(scope["path"])) is not None:
+            await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", allow)]})
+            await send({"type": "http.response.body", "body": b""})
             return
         await super().__call__(scope, receive, send)
 
@@ -147,6 +182,12 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     rt.netboot = NetBoot(rt)
     rt.firmware = FirmwareStore(rt)
     rt.campaigns = CampaignRunner(rt, rt.firmware)
+
+    async def audit_login_failures(message: str, data: dict[str, Any], actor: str | None) -> None:
+        async with rt.unit() as u:
+            await u.event("audit.login_failed", message, level="warning", actor=actor, data=data)
+
+    rt.login = LoginGuard(settings.login, audit_login_failures)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -215,6 +256,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
         debug=False,
     )
     app.state.rt = app.rt = rt
+    contract.install(app)
     return app
 
 

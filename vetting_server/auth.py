@@ -13,6 +13,7 @@ from typing import Any
 
 from .database import utcnow
 from .errors import forbidden, unauthorized
+from .limits import check_path_id
 from .runtime import HEARTBEAT_GRACE_S, TERMINAL_VALUES, RunAuth, Runtime
 from .security import token_hash
 
@@ -101,6 +102,7 @@ async def agent_guard(connection: Any, handler: Any) -> None:
     run_id = connection.path_params.get("run_id")
     if run_id is None:
         return
+    check_path_id("run_id", run_id)  # before the database sees it
     await agent_auth(connection, int(run_id), allow_finished=bool(handler.opt.get("allow_finished")))
 
 

@@ -86,27 +86,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .serving import uvicorn_config
 
     app = create_app(settings)
     _tune_interpreter()
-    loop, http = "asyncio", "h11"  # http: a protocol name or class
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:
-        pass
-    try:
-        from .edge_http import EdgeProtocol  # httptools, answering the hot agent routes itself
-
-        http = EdgeProtocol
-    except ImportError:
-        pass
-    config = uvicorn.Config(
-        app, host=settings.server.host, port=settings.server.port, loop=loop, http=http,
-        log_level=settings.logging.level, access_log=False, backlog=4096, timeout_keep_alive=75,
-        lifespan="on",
-    )
+    config = uvicorn_config(app, settings)
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 1
@@ -629,6 +613,8 @@ def cmd_run_watch(args: argparse.Namespace) -> int:
     status: :func:`outcome_code`."""
     import httpx
 
+    from vetting_core.text import printable  # agents' text, control characters escaped
+
     c = Client(args)
     d = c.call("GET", f"/api/v1/runs/{args.run}")
     _print_detail(d)
@@ -668,9 +654,9 @@ def cmd_run_watch(args: argparse.Namespace) -> int:
                     if event == "progress":
                         stage = payload.get("stage")
                         index = f"[{order.index(stage) + 1}/{len(order)}]" if stage in order else "[-]"
-                        live.progress(stage, payload.get("percent"), payload.get("message") or "", index)
+                        live.progress(stage, payload.get("percent"), printable(payload.get("message") or ""), index)
                     else:
-                        live.print(f"{payload['ts'][11:19]} {payload['message']}")
+                        live.print(printable(f"{payload['ts'][11:19]} {payload['message']}"))
                         to = (payload.get("data") or {}).get("to")
                         if to:
                             state = to

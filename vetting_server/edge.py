@@ -24,7 +24,9 @@ import msgspec
 import structlog
 
 from vetting_core.protocol import ErrorBody
+from vetting_core.text import printable
 
+from . import limits
 from .auth import authenticate_run, cached_run_auth, parse_bearer
 from .errors import ApiError
 from .runtime import RunAuth, Runtime
@@ -76,18 +78,14 @@ def _too_large(max_body: int) -> ApiError:
 def _decode(route: EdgeRoute, path: str, body: bytes | bytearray | None, max_body: int) -> Any:
     if body is None:
         raise _too_large(max_body)
-    try:
-        return route.decoder.decode(body or b"{}")
-    except msgspec.ValidationError as exc:
-        raise ApiError(400, f"Validation failed for POST {path}: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"malformed JSON body: {exc}") from None
+    return limits.decode(route.decoder, body, f"POST {path}")
 
 
 def _error(path: str, exc: Exception) -> Reply:
     if isinstance(exc, ApiError):
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-        return Reply(exc.status_code, _encode(ErrorBody(status_code=exc.status_code, detail=exc.detail, extra=exc.extra)), headers)
+        body = ErrorBody(status_code=exc.status_code, detail=printable(exc.detail), extra=exc.extra)
+        return Reply(exc.status_code, _encode(body), headers)
     log.exception("request.failed", path=path, error=f"{type(exc).__name__}: {exc}")
     return Reply(500, _encode(ErrorBody(status_code=500, detail=f"internal error: {type(exc).__name__}; see the server log")), [])
 

@@ -12,6 +12,14 @@ parser callback (:func:`.edge.reply_now`); anything that must await (a sensor ba
 waits for its commit; a run not cached yet) in a task of its own, which uvicorn's
 shutdown waits for like its own.
 
+It also times requests out, which uvicorn does not (its keep-alive timer only covers
+the idle time between requests): a request's line and headers must arrive within
+``server.header_timeout_s`` of its first byte (or of the connection opening), and its
+body within ``server.body_timeout_s`` of the headers; past that the client gets 408 and
+the connection is closed. A slow client (slowloris) thus holds a connection for seconds,
+not forever; the event loop never waits for one either way
+(``tests/server/test_serving.py``: 50 such clients, heartbeats unaffected).
+
 Everything else (other paths and methods, HTTP/1.0, ``Connection: close``,
 ``Expect: 100-continue``, upgrades, a request pipelined behind one in flight) goes the
 ordinary way, where :class:`.app.VettingApp` still answers the hot routes before its
@@ -20,13 +28,20 @@ router. The replies are the same either way (``tests/server/test_edge_http.py``)
 
 from __future__ import annotations
 
+import asyncio
 import http
 from typing import Any
 
+import msgspec
+
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from vetting_core.protocol import ErrorBody
 
 from . import edge
 from .app import VettingApp
+
+_encode = msgspec.json.Encoder().encode
 
 
 def _status_line(code: int) -> bytes:
@@ -70,9 +85,50 @@ class EdgeProtocol(HttpToolsProtocol):
         super().__init__(config, *args, **kw)
         app = config.app
         self._app = app if isinstance(app, VettingApp) else None
+        server = self._app.rt.settings.server if self._app is not None else None
+        self._timeouts = (server.header_timeout_s, server.body_timeout_s) if server is not None else (10.0, 60.0)
+        self._timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------ timeouts
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._timed_out, what, seconds)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self, what: str, seconds: float) -> None:
+        self._timer = None
+        transport = self.transport
+        if transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not getattr(cycle, "response_started", False):
+            payload = _encode(ErrorBody(status_code=408, detail=f"request {what} not received within {seconds:g} s"))
+            transport.write(
+                b"%scontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (_STATUS[408], len(payload), payload)
+            )
+        transport.close()
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self._timeouts[0], "headers")  # a connection that sends nothing is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm(self._timeouts[0], "headers")  # the first bytes of the next request
+        super().data_received(data)
 
     # ------------------------------------------------------------ parser callbacks
     def on_headers_complete(self) -> None:
+        self._arm(self._timeouts[1], "body")
         req = self._edge_request()
         if req is None:
             super().on_headers_complete()
@@ -92,6 +148,7 @@ class EdgeProtocol(HttpToolsProtocol):
                 self._dispatch(req)
 
     def on_message_complete(self) -> None:
+        self._disarm()
         req = self.cycle
         if type(req) is not _EdgeRequest:
             super().on_message_complete()

@@ -5,7 +5,8 @@ converts them into the Struct — two passes, and the larger share of a sensor b
 CPU time (measured with py-spy under ``bench/ingest.py``). ``FastBody[SensorBatch]``
 is a DTO that decodes the raw bytes straight into the Struct with a cached
 ``msgspec.json.Decoder`` (one C pass, validation included), while the OpenAPI document
-still shows the Struct's own schema.
+still shows the Struct's own schema. Every JSON body of the API is decoded this way,
+bounded by :mod:`.limits`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 
 import msgspec
 from litestar.dto import MsgspecDTO
-from litestar.exceptions import ClientException, ValidationException
 from litestar.typing import FieldDefinition
+
+from . import limits
 
 _decoders: dict[Any, msgspec.json.Decoder] = {}
 
@@ -26,16 +28,8 @@ class FastBody(MsgspecDTO):  # type: ignore[type-arg]
         dec = _decoders.get(model)
         if dec is None:
             dec = _decoders[model] = msgspec.json.Decoder(model)
-        try:
-            return dec.decode(value)
-        except msgspec.ValidationError as exc:
-            req = self.asgi_connection
-            raise ValidationException(
-                detail=f"Validation failed for {req.method} {req.url.path}: {exc}",
-                extra=[{"message": str(exc), "key": "data", "source": "body"}],
-            ) from None
-        except msgspec.DecodeError as exc:
-            raise ClientException(f"malformed JSON body: {exc}") from None
+        req = self.asgi_connection
+        return limits.decode(dec, value, f"{req.method} {req.url.path}")
 
     @classmethod
     def create_openapi_schema(cls, field_definition: FieldDefinition, handler_id: str, schema_creator: Any) -> Any:

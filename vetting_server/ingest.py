@@ -32,6 +32,7 @@ reader: reports and the API show breaches individually and passes as counts.
 from __future__ import annotations
 
 import gc
+import hashlib
 import math
 import time
 from collections import deque
@@ -42,14 +43,16 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import msgspec
 import structlog
 
 from vetting_core.model import Measurement
-from vetting_core.protocol import LogLine
+from vetting_core.protocol import MAX_GAPS, LogLine
 from vetting_core.thresholds import EvaluationResult, ThresholdEngine
 
 from .database import epoch, iso, utcnow
-from .ingest_sql import INS_BATCH, INS_EVAL, INS_LOG, INS_MEAS, TALLY
+from .errors import conflict
+from .ingest_sql import CONFLICT, DUPLICATE, INS_BATCH, INS_EVAL, INS_LOG, INS_MEAS, SEL_DIGEST, TALLY, batch_status
 from .ingest_sqlite import WriterProcess, write_group
 from .runtime import Runtime
 
@@ -72,9 +75,42 @@ class _Item:
     evals: list[tuple[Any, ...]] = field(default_factory=list)
     tallies: list[tuple[Any, ...]] = field(default_factory=list)
     breaches: int = 0
+    packed: bytes = b""  # the rows as msgpack (pack_rows)
+    digest: str | None = None  # of the batch's content: the same seq again must carry the same
     duplicate: bool = False
+    conflict: bool = False  # the seq was stored with other content
     error: BaseException | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
+
+
+def pack_rows(rows: list[tuple[Any, ...]]) -> tuple[bytes, str]:
+    """A batch's rows as msgpack, and its content digest: the SHA-256 of those bytes.
+
+    The rows are what a batch stores, so the same samples or lines give the same digest
+    however the client spelled the JSON (the raw body's hash would differ). The bytes
+    are what the SQLite writer process receives (``msgspec.Raw`` in its frame), so the
+    encoding is not an extra cost, and SHA-256 runs without the GIL."""
+    packed = msgspec.msgpack.encode(rows)
+    return packed, hashlib.sha256(packed).hexdigest()
+
+
+async def stored_seqs(db: Any, run_id: int) -> dict[str, tuple[int, int, list[tuple[int, int]]]]:
+    """Per stream: the last seq of the unbroken run 1..n stored, the highest stored, and
+    the missing ranges between (at most ``MAX_GAPS``, lowest first) — what a resuming
+    agent must resend and where its new numbers start (``ClaimReply``)."""
+    out: dict[str, tuple[int, int, list[tuple[int, int]]]] = {}
+    for r in await db.fetch("SELECT stream, count(*) AS n, max(seq) AS top FROM batches WHERE run_id = $1 GROUP BY stream", run_id):
+        n, top = int(r["n"]), int(r["top"] or 0)
+        gaps: list[tuple[int, int]] = []
+        if n < top:  # a hole somewhere: find where (the window scans this stream's keys once)
+            rows = await db.fetch(
+                "SELECT prev + 1 AS first, seq - 1 AS last FROM (SELECT seq, lag(seq, 1, 0) OVER (ORDER BY seq) AS prev "
+                "FROM batches WHERE run_id = $1 AND stream = $2) g WHERE seq > prev + 1 ORDER BY seq LIMIT $3",
+                run_id, r["stream"], MAX_GAPS,
+            )
+            gaps = [(int(g["first"]), int(g["last"])) for g in rows]
+        out[r["stream"]] = (gaps[0][0] - 1 if gaps else top, top, gaps)
+    return out
 
 
 def _num(v: Any) -> float | None:
@@ -175,17 +211,18 @@ class Ingest:
 
         def judge() -> tuple[Any, ...]:
             ev = engine.evaluate(samples, per_sample=False)
-            return (*self.sample_rows(run_id, samples, ev, engine, stage_ids), len(ev.breaches))
+            rows, evals, tallies = self.sample_rows(run_id, samples, ev, engine, stage_ids)
+            return rows, evals, tallies, len(ev.breaches), *pack_rows(rows)
 
         async with self.engine_lock(run_id):  # one engine per run is not thread-safe
             if len(samples) >= THREAD_THRESHOLD:
                 # a big batch is judged in a worker thread: the event loop keeps answering
                 # heartbeats meanwhile (the GIL switches every few ms) instead of queueing
                 # them behind every batch
-                rows, evals, tallies, n_breaches = await anyio.to_thread.run_sync(judge, limiter=self._judge_limiter)
+                rows, evals, tallies, n_breaches, packed, digest = await anyio.to_thread.run_sync(judge, limiter=self._judge_limiter)
             else:
-                rows, evals, tallies, n_breaches = judge()
-        item = _Item(run_id, "sensor", seq, rows, evals, tallies, breaches=n_breaches)
+                rows, evals, tallies, n_breaches, packed, digest = judge()
+        item = _Item(run_id, "sensor", seq, rows, evals, tallies, breaches=n_breaches, packed=packed, digest=digest)
         await self._submit(item)
         return (0 if item.duplicate else len(rows)), item.duplicate, item.breaches
 
@@ -200,7 +237,9 @@ class Ingest:
         self._locks.pop(run_id, None)
 
     async def logs(self, run_id: int, seq: int, lines: list[LogLine]) -> tuple[int, bool]:
-        item = _Item(run_id, "log", seq, self.line_rows(run_id, lines))
+        rows = self.line_rows(run_id, lines)
+        packed, digest = pack_rows(rows)
+        item = _Item(run_id, "log", seq, rows, packed=packed, digest=digest)
         await self._submit(item)
         return (0 if item.duplicate else len(item.rows)), item.duplicate
 
@@ -210,6 +249,15 @@ class Ingest:
         await item.done.wait()
         if item.error is not None:
             raise item.error
+        if item.conflict:
+            raise conflict(
+                f"{item.stream} batch {item.seq} of run {item.run_id} was already stored with other content: a batch "
+                f"number is used once (a resumed agent numbers new batches after its claim's {item.stream}_seq_max)",
+                stream=item.stream, seq=item.seq,
+            )
+
+    def _settle(self, item: _Item, status: int) -> None:
+        item.duplicate, item.conflict = status == DUPLICATE, status == CONFLICT
 
     # ---------------------------------------------------------------- inside other transactions
     async def write_samples_tx(self, tx: Any, run_id: int, samples: list[Measurement], ev: EvaluationResult, engine: ThresholdEngine) -> None:
@@ -270,7 +318,7 @@ class Ingest:
                 log.error("ingest.batch_failed", run_id=group[0].run_id, stream=group[0].stream, seq=group[0].seq, error=str(exc))
             else:
                 for item in group:  # isolate the bad batch
-                    item.duplicate = False
+                    item.duplicate = item.conflict = False
                     try:
                         await self._write([item])
                     except Exception as exc2:
@@ -298,14 +346,15 @@ class Ingest:
     async def _write(self, group: list[_Item]) -> None:
         now = utcnow()
         if self.dialect == "sqlite":
-            items = [(i.run_id, i.stream, i.seq, i.breaches, i.rows, i.evals, i.tallies) for i in group]
-            if self._writer is not None:
-                dups, stored = await anyio.to_thread.run_sync(self._writer.write, items, iso(now))
+            if self._writer is not None:  # the rows go as the bytes they were digested from
+                items = [(i.run_id, i.stream, i.seq, i.breaches, msgspec.Raw(i.packed), i.evals, i.tallies, i.digest) for i in group]
+                statuses, stored = await anyio.to_thread.run_sync(self._writer.write, items, iso(now))
             else:
+                items = [(i.run_id, i.stream, i.seq, i.breaches, i.rows, i.evals, i.tallies, i.digest) for i in group]
                 async with self.rt.db.transaction() as tx:
-                    dups, stored = await tx.run_sync(lambda conn: write_group(conn, items, iso(now)))
-            for item, dup in zip(group, dups):
-                item.duplicate = dup
+                    statuses, stored = await tx.run_sync(lambda conn: write_group(conn, items, iso(now)))
+            for item, status in zip(group, statuses):
+                self._settle(item, status)
             self.stats["rows"] += stored
             return
         async with self.rt.db.transaction() as tx:
@@ -318,10 +367,11 @@ class Ingest:
         lines: list[tuple[Any, ...]] = []
         for item in group:
             got = await tx.fetchval(
-                INS_BATCH + " RETURNING seq", item.run_id, item.stream, item.seq, len(item.rows), item.breaches, now
+                INS_BATCH + " RETURNING seq", item.run_id, item.stream, item.seq, len(item.rows), item.breaches, now,
+                item.digest,
             )
             if got is None:
-                item.duplicate = True
+                self._settle(item, batch_status(await tx.fetchval(SEL_DIGEST, item.run_id, item.stream, item.seq), item.digest))
                 continue
             if item.stream == "sensor":
                 meas.extend(item.rows)

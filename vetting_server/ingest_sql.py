@@ -3,9 +3,16 @@
 no ``LEAST``/``GREATEST`` and its ``min``/``max`` of a NULL is NULL."""
 
 INS_BATCH = (
-    "INSERT INTO batches (run_id, stream, seq, count, breaches, received_at) VALUES ($1, $2, $3, $4, $5, $6) "
+    "INSERT INTO batches (run_id, stream, seq, count, breaches, received_at, digest) VALUES ($1, $2, $3, $4, $5, $6, $7) "
     "ON CONFLICT DO NOTHING"
 )
+# a batch that was there already: a retry (same digest, or stored before digests) or a conflict
+SEL_DIGEST = "SELECT digest FROM batches WHERE run_id = $1 AND stream = $2 AND seq = $3"
+NEW, DUPLICATE, CONFLICT = 0, 1, 2  # what became of each batch of a group
+
+
+def batch_status(stored: str | None, digest: str | None) -> int:
+    return DUPLICATE if stored is None or digest is None or stored == digest else CONFLICT
 INS_MEAS = "INSERT INTO measurements (run_id, stage_id, ts, kind, key, value, unit, text) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
 # numeric samples (nearly all) leave ``text`` out: binding a NULL costs SQLite's Python
 # driver an adapter lookup per value (measured: 0.6 µs of a row's ~1.7 µs to bind and insert)

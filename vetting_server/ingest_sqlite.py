@@ -10,8 +10,8 @@ batches' requests only after the process has replied that it committed.
 
 Protocol (``python -m vetting_server.ingest_sqlite DB_PATH BUSY_TIMEOUT_MS``): both
 directions carry frames of a 4-byte big-endian length and a msgpack body. A request is
-``[now_iso, [[run_id, stream, seq, breaches, rows, evals, tallies], ...]]``; the reply
-is ``["ok", [duplicate, ...], rows_stored]`` or ``["error", message]`` (the group was
+``[now_iso, [[run_id, stream, seq, breaches, rows, evals, tallies, digest], ...]]``; the
+reply is ``["ok", [status, ...], rows_stored]`` (new, duplicate or conflict) or ``["error", message]`` (the group was
 rolled back), one per request, in order (the server may send a request before the
 reply to the last one). EOF on stdin ends the process.
 
@@ -35,7 +35,7 @@ from typing import Any, BinaryIO
 import msgspec
 
 from .database import _connect, _sqlite_sql
-from .ingest_sql import INS_BATCH, INS_EVAL, INS_LOG, INS_MEAS, INS_MEAS_NUMERIC, TALLY
+from .ingest_sql import INS_BATCH, INS_EVAL, INS_LOG, INS_MEAS, INS_MEAS_NUMERIC, NEW, SEL_DIGEST, TALLY, batch_status
 
 _LEN = struct.Struct(">I")
 MAX_SQLITE_PARAMS = 32000  # SQLite ≥ 3.32 allows 32766 bound parameters per statement
@@ -43,6 +43,7 @@ _VALUES_CACHE: dict[tuple[str, int], str] = {}
 
 
 _INS_BATCH = _sqlite_sql(INS_BATCH)
+_SEL_DIGEST = _sqlite_sql(SEL_DIGEST)
 _TALLY = _sqlite_sql(TALLY["sqlite"])
 
 
@@ -68,22 +69,24 @@ def insert_values(conn: sqlite3.Connection, insert_sql: str, rows: list[Any]) ->
         conn.execute(sql, [v for row in chunk for v in row])
 
 
-def write_group(conn: sqlite3.Connection, items: list[Any], now: str) -> tuple[list[bool], int]:
+def write_group(conn: sqlite3.Connection, items: list[Any], now: str) -> tuple[list[int], int]:
     """Write a group inside the caller's transaction. ``items`` are
-    ``(run_id, stream, seq, breaches, rows, evals, tallies)``; a batch whose
-    (run, stream, seq) is already in ``batches`` is a retry and is skipped. Returns
-    the duplicate flags and the number of rows stored."""
+    ``(run_id, stream, seq, breaches, rows, evals, tallies, digest)``; a batch whose
+    (run, stream, seq) is already in ``batches`` is skipped: a retry when its digest is
+    the stored one, else a conflict. Returns each batch's status (``ingest_sql.NEW``,
+    ``DUPLICATE``, ``CONFLICT``) and the number of rows stored."""
     meas: list[Any] = []
     evals: list[Any] = []
     tallies: list[Any] = []
     lines: list[Any] = []
-    dups: list[bool] = []
-    for run_id, stream, seq, breaches, rows, ev, tl in items:
-        cur = conn.execute(_INS_BATCH, (run_id, stream, seq, len(rows), breaches, now))
-        dup = cur.rowcount != 1
-        dups.append(dup)
-        if dup:
+    statuses: list[int] = []
+    for run_id, stream, seq, breaches, rows, ev, tl, digest in items:
+        cur = conn.execute(_INS_BATCH, (run_id, stream, seq, len(rows), breaches, now, digest))
+        if cur.rowcount != 1:
+            stored = conn.execute(_SEL_DIGEST, (run_id, stream, seq)).fetchone()[0]
+            statuses.append(batch_status(stored, digest))
             continue
+        statuses.append(NEW)
         if stream == "sensor":
             meas.extend(rows)
             evals.extend(ev)
@@ -102,7 +105,7 @@ def write_group(conn: sqlite3.Connection, items: list[Any], now: str) -> tuple[l
         conn.executemany(_TALLY, tallies)
     if lines:
         insert_values(conn, INS_LOG, lines)
-    return dups, len(meas) + len(lines)
+    return statuses, len(meas) + len(lines)
 
 
 # ------------------------------------------------------------------ the process side
@@ -140,7 +143,7 @@ def serve(db_path: str, busy_timeout_ms: int, rx: BinaryIO, tx: BinaryIO) -> Non
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                dups, stored = write_group(conn, items, now)
+                statuses, stored = write_group(conn, items, now)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -148,7 +151,7 @@ def serve(db_path: str, busy_timeout_ms: int, rx: BinaryIO, tx: BinaryIO) -> Non
         except Exception as exc:
             _write_frame(tx, encode(["error", f"{type(exc).__name__}: {exc}"]))
         else:
-            _write_frame(tx, encode(["ok", dups, stored]))
+            _write_frame(tx, encode(["ok", statuses, stored]))
     conn.close()
 
 
@@ -217,7 +220,7 @@ class WriterProcess:
             ch = self._chan = _Channel(proc)
         return ch
 
-    def write(self, items: list[Any], now: str) -> tuple[list[bool], int]:
+    def write(self, items: list[Any], now: str) -> tuple[list[int], int]:
         body = self._encode([now, items])  # outside the locks: meanwhile the process commits the group before
         slot: list[Any] = [None]
         with self._send_lock:
@@ -242,7 +245,7 @@ class WriterProcess:
         reply = self._decode(slot[0])
         if reply[0] != "ok":
             raise sqlite3.DatabaseError(f"ingest writer: {reply[1]}")
-        return [bool(d) for d in reply[1]], int(reply[2])
+        return [int(d) for d in reply[1]], int(reply[2])
 
     def close(self) -> None:
         with self._send_lock:

@@ -55,10 +55,12 @@ from vetting_core.statemachine import (
 )
 from vetting_core.thresholds import EvaluationResult, ThresholdEngine
 
+from .artifacts import check_agent_kinds, hold_dir
 from .database import as_dt, iso, utcnow
 from .errors import ApiError, conflict, not_found
 from .hosts import FieldError, parse_host_spec
 from .power import KEEP, power_due
+from .ingest import stored_seqs
 from .runtime import Runtime, Unit
 from .security import new_token, token_hash
 
@@ -354,8 +356,9 @@ class RunService:
         run = await db.fetchrow("SELECT r.*, h.name AS host_name FROM runs r JOIN hosts h ON h.id = r.host_id WHERE r.id = $1", run_id)
         stages = await db.fetch("SELECT * FROM stages WHERE run_id = $1 ORDER BY ordinal", run_id)
         engine = await self.rt.engine(run_id)
-        seqs = await db.fetch("SELECT stream, max(seq) AS seq FROM batches WHERE run_id = $1 GROUP BY stream", run_id)
-        seq = {r["stream"]: int(r["seq"] or 0) for r in seqs}
+        seqs = await stored_seqs(db, run_id)
+        log_seq, log_max, log_gaps = seqs.get("log", (0, 0, []))
+        sensor_seq, sensor_max, sensor_gaps = seqs.get("sensor", (0, 0, []))
         t = self.rt.settings.timeouts
         return ClaimReply(
             run_id=run_id,
@@ -375,8 +378,8 @@ class RunService:
             override_flags=jload(run["override_flags_json"], {}),
             heartbeat_interval_s=t.heartbeat_interval_s,
             heartbeat_timeout_s=t.heartbeat_timeout_s,
-            log_seq=seq.get("log", 0),
-            sensor_seq=seq.get("sensor", 0),
+            log_seq=log_seq, log_seq_max=log_max, log_gaps=log_gaps,
+            sensor_seq=sensor_seq, sensor_seq_max=sensor_max, sensor_gaps=sensor_gaps,
             max_batch_bytes=self.rt.settings.server.max_agent_body_bytes,
             max_artifact_bytes=self.rt.settings.server.max_artifact_bytes,
         )
@@ -550,6 +553,7 @@ class RunService:
 
     # ---------------------------------------------------------------- results
     async def result(self, run_id: int, res: StageResult) -> ResultReply:
+        check_agent_kinds(res.artifacts, "artifacts")
         body_hash = hashlib.sha256(_json(res)).hexdigest()
         stage = await self.db.fetchrow("SELECT * FROM stages WHERE run_id = $1 AND name = $2", run_id, res.stage)
         if stage is None:
@@ -717,7 +721,7 @@ class RunService:
         if run["state"] not in (RunState.Failed.value, RunState.FailedHolding.value):
             raise conflict(f"run {run_id} is {run['state']}; a hold opens only after a failure")
         ip = (body.ip or peer_ip or "").strip()[:100]
-        key_dir = self.rt.data_dir / "holds" / f"run-{run_id}"
+        key_dir = hold_dir(self.rt, run_id)
         priv, pub = await _ssh_keypair(key_dir, f"vetting-hold-run-{run_id}")
         expires = utcnow() + timedelta(hours=self.rt.settings.hold.key_ttl_hours)
         digest = hashlib.sha256(priv.read_bytes()).hexdigest()

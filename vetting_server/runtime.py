@@ -149,6 +149,7 @@ class Runtime:
         self.netboot: Any = None  # NetBoot
         self.firmware: Any = None  # firmware.store.FirmwareStore
         self.campaigns: Any = None  # firmware.runner.CampaignRunner
+        self.login: Any = None  # LoginGuard
         self._last_full: datetime | None = None
         self._last_refresh: datetime | None = None
 
@@ -159,7 +160,7 @@ class Runtime:
         if s.public_url:
             return s.public_url.rstrip("/")
         host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
-        return f"http://{host}:{s.port}"
+        return f"{'https' if s.tls.cert else 'http'}://{host}:{s.port}"
 
     # -- transactions -------------------------------------------------------------
     @asynccontextmanager

@@ -35,6 +35,7 @@ import structlog
 
 from vetting_core.statemachine import RunEventType, RunState
 
+from .artifacts import inside
 from .database import as_dt, utcnow
 from .power import HOST_COLUMNS, window_until
 from .runtime import Runtime
@@ -200,7 +201,7 @@ class Scheduler:
         )
         for a in arts:
             p = Path(a["path"])
-            if _inside(p, rt.data_dir):
+            if inside(p, rt.data_dir):
                 p.unlink(missing_ok=True)
             await self.db.execute("DELETE FROM artifacts WHERE id = $1", int(a["id"]))
             removed["artifacts"] += 1
@@ -214,13 +215,6 @@ class Scheduler:
             log.info("janitor.swept", **removed)
         return removed
 
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root)
-        return True
-    except ValueError:
-        return False
 
 
 def monotonic() -> float:

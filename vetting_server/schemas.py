@@ -8,17 +8,20 @@ operator-facing ones. Output Structs are built from database rows by
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import msgspec
+from msgspec import Meta
+
+from vetting_core.model import INT64_MAX
 
 T = TypeVar("T")
 
 
 class LoginRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    username: str
-    password: str
-    token_name: str = "login"
+    username: Annotated[str, Meta(max_length=256)]
+    password: Annotated[str, Meta(max_length=1024)]
+    token_name: Annotated[str, Meta(max_length=100)] = "login"
 
 
 class TokenReply(msgspec.Struct, kw_only=True):
@@ -62,11 +65,14 @@ class HostOut(msgspec.Struct, kw_only=True):
 
 
 class RunStart(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    host_id: int | None = None
-    host: str | None = None  # host name, instead of host_id
+    host_id: Annotated[int, Meta(ge=0, le=INT64_MAX)] | msgspec.UnsetType = msgspec.UNSET
+    host: str | msgspec.UnsetType = msgspec.UNSET  # host name, instead of host_id
     profile: str = "quick"
     non_destructive: bool = False
-    stages: list[str] | None = None  # run only these stages of the profile
+    stages: Annotated[list[str], Meta(max_length=1000)] | None = None  # run only these stages of the profile
+
+    # exactly one of them (the OpenAPI document says ``oneOf``; both or neither: 422)
+    one_of: ClassVar[tuple[str, ...]] = ("host_id", "host")
 
 
 class RunOut(msgspec.Struct, kw_only=True):

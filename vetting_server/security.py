@@ -3,7 +3,13 @@
 Tokens are 256 bits from :mod:`secrets` (``token_urlsafe(32)``); only their SHA-256
 is stored. A fast hash is right for tokens (they are random, nothing to brute-force)
 and keeps the heartbeat path cheap; comparisons use :func:`hmac.compare_digest`.
-Passwords are people's and get ``hashlib.scrypt`` (memory-hard, in the stdlib).
+
+Passwords are people's and get argon2id (``argon2-cffi``) with OWASP's parameters
+(19 MiB of memory, 2 iterations, 1 lane: ~30 ms here). Hashes written before it are
+scrypt (``scrypt$N$r$p$salt$key``, N=2**14): still verified, and :func:`verify_password`
+says when a hash should be replaced, which the login does with the password it was
+given (transparent rehash). Both are slow on purpose: callers run them in a worker
+thread (:mod:`.login`), never on the event loop that answers heartbeats.
 """
 
 from __future__ import annotations
@@ -13,8 +19,12 @@ import hashlib
 import hmac
 import secrets
 
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
+
 TOKEN_BYTES = 32  # 256 bits
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+# OWASP Password Storage Cheat Sheet, argon2id: m=19 MiB, t=2, p=1
+_ARGON2 = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32, salt_len=16, type=Type.ID)
 
 
 def new_token(prefix: str = "") -> str:
@@ -32,15 +42,23 @@ def token_matches(token: str, stored_hash: str | None) -> bool:
 
 
 def hash_password(password: str) -> str:
-    salt = secrets.token_bytes(16)
-    dk = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
-    b64 = base64.b64encode
-    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${b64(salt).decode()}${b64(dk).decode()}"
+    return _ARGON2.hash(password)
 
 
-def verify_password(password: str, stored: str | None) -> bool:
-    if not stored or not stored.startswith("scrypt$"):
-        return False
+def verify_password(password: str, stored: str | None) -> tuple[bool, bool]:
+    """(matches, should be rehashed): a scrypt hash, or argon2 with other parameters."""
+    if not stored:
+        return False, False
+    if stored.startswith("scrypt$"):
+        return _verify_scrypt(password, stored), True
+    try:
+        _ARGON2.verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        return False, False
+    return True, _ARGON2.check_needs_rehash(stored)
+
+
+def _verify_scrypt(password: str, stored: str) -> bool:
     try:
         _, n, r, p, salt, dk = stored.split("$")
         expected = base64.b64decode(dk)

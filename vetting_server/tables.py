@@ -145,6 +145,7 @@ class Batches(Table, tablename="batches"):
     count = Integer()
     breaches = Integer(default=0)
     received_at = Timestamptz()
+    digest = Text(null=True)  # SHA-256 of the batch's content (same seq, other content: 409)
 
 
 class StageResults(Table, tablename="stage_results"):

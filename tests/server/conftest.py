@@ -214,32 +214,59 @@ async def env(database_url, tmp_path, test_registry, settings_overrides):
         yield Env(app, client, token)
 
 
-@pytest.fixture
-async def socket_env(database_url, tmp_path, test_registry, settings_overrides):
-    """As ``env``, but served by uvicorn with :class:`~vetting_server.edge_http.EdgeProtocol`
-    (as ``vetting serve`` does) on a loopback socket in this event loop."""
+@asynccontextmanager
+async def serve_on_socket(app: Any, **config: Any) -> AsyncIterator[Any]:
+    """Serve ``app`` as ``vetting serve`` does (:func:`vetting_server.serving.uvicorn_config`:
+    uvicorn with :class:`~vetting_server.edge_http.EdgeProtocol`, timeouts, TLS) on a
+    loopback socket in this event loop; yield the base URL."""
     import anyio
-    import httpx
     import uvicorn
 
-    from vetting_server.app import create_app
-    from vetting_server.edge_http import EdgeProtocol
+    from vetting_server.serving import uvicorn_config
 
-    app = create_app(make_settings(database_url, tmp_path, **settings_overrides), registry=test_registry)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, http=EdgeProtocol, lifespan="on", log_level="warning"))
+    cfg = uvicorn_config(app, app.state.rt.settings, log_level="warning", **config)
+    server = uvicorn.Server(cfg)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve, [sock])
         with anyio.fail_after(30):
             while not server.started:
                 await anyio.sleep(0.01)
         try:
-            base = "http://127.0.0.1:%d" % sock.getsockname()[1]
-            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-                yield Env(app, client, await create_operator_token(app.state.rt))
+            yield "%s://127.0.0.1:%d" % ("https" if cfg.is_ssl else "http", sock.getsockname()[1])
         finally:
             server.should_exit = True
+
+
+@pytest.fixture
+async def socket_env(database_url, tmp_path, test_registry, settings_overrides):
+    """As ``env``, but served by uvicorn with :class:`~vetting_server.edge_http.EdgeProtocol`
+    (as ``vetting serve`` does) on a loopback socket in this event loop."""
+    import httpx
+
+    from vetting_server.app import create_app
+
+    app = create_app(make_settings(database_url, tmp_path, **settings_overrides), registry=test_registry)
+    async with serve_on_socket(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+        yield Env(app, client, await create_operator_token(app.state.rt))
+
+
+@pytest.fixture(params=["asgi", "socket"])
+async def any_env(request, database_url, tmp_path, test_registry, settings_overrides):
+    """``env`` (ASGI in process) and ``socket_env`` (uvicorn + EdgeProtocol): both route
+    families of the hot agent routes."""
+    import httpx
+
+    from vetting_server.app import create_app
+
+    app = create_app(make_settings(database_url, tmp_path, **settings_overrides), registry=test_registry)
+    if request.param == "asgi":
+        async with serve_in_process(app) as client:
+            yield Env(app, client, await create_operator_token(app.state.rt))
+        return
+    async with serve_on_socket(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+        yield Env(app, client, await create_operator_token(app.state.rt))
 
 
 def sample(ts: str, stage: str, kind: str, key: str, value: float | None, unit: str = "", text: str | None = None) -> list:

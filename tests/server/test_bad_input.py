@@ -246,7 +246,8 @@ async def _edge_agrees_with_router(env) -> None:
             r = await env.agent("POST", url, tok, json=good(seq))
             assert r.status_code == 200 and r.json() == reply(seq), (url, r.text)
     r = await env.agent("POST", f"/api/v1/runs/{run_id}/sensor", tok, json={"seq": 0, "samples": []})
-    assert "seq must be ≥ 1" in _assert_error(r, 400)["detail"]
+    body = _assert_error(r, 400)
+    assert ">= 1" in body["detail"] and body["extra"] == {"field": "$.seq"}
     assert env.rt.hub.progress[run_id]["percent"] == 25
     d = await env.detail(run_id)
     assert d["measurement_count"] == 2

@@ -113,7 +113,7 @@ async def _sqlite_schema(tmp_path):
 
 def _item(run_id, seq, n=3):
     rows = [(run_id, None, 1.7e9 + i, "temp", f"cpu/{i}", 40.0 + i, "C", None) for i in range(n)]
-    return (run_id, "sensor", seq, 0, rows, [], [])
+    return (run_id, "sensor", seq, 0, rows, [], [], f"digest-{seq}")
 
 
 async def test_writer_process_commits_dedups_reports_errors_and_survives_a_kill(tmp_path):
@@ -220,7 +220,7 @@ async def test_writer_process_stores_numeric_and_text_samples_of_one_group_exact
     ]
     w = WriterProcess(str(db.path), 5000)
     try:
-        assert w.write([(1, "sensor", 1, 0, sent[:2], [], []), (1, "sensor", 2, 0, sent[2:], [], [])], "x") == ([False, False], 4)
+        assert w.write([(1, "sensor", 1, 0, sent[:2], [], [], "a"), (1, "sensor", 2, 0, sent[2:], [], [], "b")], "x") == ([False, False], 4)
     finally:
         w.close()
     got = await db.fetch("SELECT run_id, stage_id, ts, kind, key, value, unit, text FROM measurements ORDER BY ts")

@@ -158,7 +158,8 @@ async def test_batches_stored_once(env):
     d = await env.detail(run_id)
     assert d["measurement_count"] == 3 and d["log_line_count"] == 5
     claim = (await env.agent("POST", f"/api/v1/runs/{run_id}/claim", tok, json={"agent_version": "t", "hostname": "n"})).json()
-    assert claim["sensor_seq"] == 7 and claim["log_seq"] == 1
+    # 1..6 never came: the last contiguous sensor batch is 0, the highest 7 (the gaps in test_batch_numbering)
+    assert (claim["sensor_seq"], claim["sensor_seq_max"], claim["sensor_gaps"]) == (0, 7, [[1, 6]]) and claim["log_seq"] == 1
 
 
 async def test_result_waits_for_missing_sensor_batch(env):

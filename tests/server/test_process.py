@@ -122,9 +122,9 @@ def test_restart_resumes_and_kill9_loses_nothing(tmp_path, database_url):
         srv.start()
         hb = srv.agent("POST", f"/api/v1/runs/{run_id}/heartbeat", tok, json={"stage": "InventoryCheck"})
         assert hb.status_code == 200 and hb.json()["cmd"] == "continue"
-        # the agent resends batch 5 (not sure it was stored) and goes on with 6
+        # the agent resends batch 5 (not sure it was stored; the same bytes) and goes on with 6
         r = srv.agent("POST", f"/api/v1/runs/{run_id}/sensor", tok, json={
-            "seq": 5, "samples": [[TS, "InventoryCheck", "temp", f"cpu/{i}", 40.0, "C", None] for i in range(100)]})
+            "seq": 5, "samples": [[TS, "InventoryCheck", "temp", f"cpu/{i}", 40.0 + i, "C", None] for i in range(100)]})
         assert r.json()["duplicate"] is True
         claim = srv.agent("POST", f"/api/v1/runs/{run_id}/claim", tok, json={"agent_version": "t", "hostname": "n1"}).json()
         assert claim["sensor_seq"] == 5 and claim["stages"][0]["state"] == "running"
