@@ -21,10 +21,13 @@ from litestar.params import FromPath, JSONBody, Parameter, QueryParameter
 from litestar.response import File
 
 from vetting_core.boot import BootError
+from vetting_core.model import INT64_MAX
 
 from ..auth import operator, operator_guard, runtime
 from ..database import as_dt, utcnow
 from ..errors import ApiError, not_found, unprocessable
+from ..fastbody import FastBody
+from ..limits import PathId
 from ..runs import jdump, jload
 from ..schemas import EventOut
 from ..views import event_out
@@ -126,7 +129,7 @@ class FirmwareController(Controller):
     path = "/api/v1/firmware"
     tags = ["firmware"]
 
-    @post("/plans", status_code=201, summary="Create a firmware plan (targets or selector, artifacts, policy)")
+    @post("/plans", status_code=201, summary="Create a firmware plan (targets or selector, artifacts, policy)", dto=FastBody[PlanDocument], return_dto=None)
     async def create_plan(self, request: Request, data: JSONBody[PlanDocument]) -> PlanDetail:
         user = await operator(request)
         rt = runtime(request)
@@ -150,12 +153,12 @@ class FirmwareController(Controller):
         return [await plan_out(rt, p) for p in rows]
 
     @get("/plans/{plan_id:int}", summary="A plan and the progress of each host")
-    async def get_plan(self, request: Request, plan_id: FromPath[int]) -> PlanDetail:
+    async def get_plan(self, request: Request, plan_id: PathId) -> PlanDetail:
         await operator(request)
         return await plan_detail(runtime(request), plan_id)
 
     @get("/plans/{plan_id:int}/events", summary="A plan's history: every move of the plan and of its hosts")
-    async def plan_events(self, request: Request, plan_id: FromPath[int], after: int = Parameter(default=0, ge=0),
+    async def plan_events(self, request: Request, plan_id: PathId, after: int = Parameter(default=0, ge=0, le=INT64_MAX),
                           limit: int = Parameter(default=500, ge=1, le=5000)) -> list[EventOut]:
         await operator(request)
         rt = runtime(request)
@@ -169,24 +172,25 @@ class FirmwareController(Controller):
         await rt.firmware.act(plan_id, action, actor=user["name"], reason=data.reason if data else "")
         return await plan_detail(rt, plan_id)
 
-    @post("/plans/{plan_id:int}/approve", status_code=200, summary="Approve a plan (policy.approval_required)")
-    async def approve(self, request: Request, plan_id: FromPath[int], data: JSONBody[PlanAction | None] = None) -> PlanDetail:
+    @post("/plans/{plan_id:int}/approve", status_code=200, summary="Approve a plan (policy.approval_required)", dto=FastBody[PlanAction], return_dto=None)
+    async def approve(self, request: Request, plan_id: PathId, data: JSONBody[PlanAction | None] = None) -> PlanDetail:
         return await self._act(request, plan_id, "approve", data)
 
-    @post("/plans/{plan_id:int}/start", status_code=200, summary="Start (or resume) a plan")
-    async def start(self, request: Request, plan_id: FromPath[int], data: JSONBody[PlanAction | None] = None) -> PlanDetail:
+    @post("/plans/{plan_id:int}/start", status_code=200, summary="Start (or resume) a plan", dto=FastBody[PlanAction], return_dto=None)
+    async def start(self, request: Request, plan_id: PathId, data: JSONBody[PlanAction | None] = None) -> PlanDetail:
         return await self._act(request, plan_id, "start", data)
 
-    @post("/plans/{plan_id:int}/pause", status_code=200, summary="Pause a plan: no more hosts start; running ones finish")
-    async def pause(self, request: Request, plan_id: FromPath[int], data: JSONBody[PlanAction | None] = None) -> PlanDetail:
+    @post("/plans/{plan_id:int}/pause", status_code=200, summary="Pause a plan: no more hosts start; running ones finish", dto=FastBody[PlanAction], return_dto=None)
+    async def pause(self, request: Request, plan_id: PathId, data: JSONBody[PlanAction | None] = None) -> PlanDetail:
         return await self._act(request, plan_id, "pause", data)
 
-    @post("/plans/{plan_id:int}/cancel", status_code=200, summary="Cancel a plan: hosts not started are cancelled")
-    async def cancel(self, request: Request, plan_id: FromPath[int], data: JSONBody[PlanAction | None] = None) -> PlanDetail:
+    @post("/plans/{plan_id:int}/cancel", status_code=200, summary="Cancel a plan: hosts not started are cancelled", dto=FastBody[PlanAction], return_dto=None)
+    async def cancel(self, request: Request, plan_id: PathId, data: JSONBody[PlanAction | None] = None) -> PlanDetail:
         return await self._act(request, plan_id, "cancel", data)
 
-    @put("/hosts/{host_id:int}/provider", summary="Set a host's firmware provider (kind null: use its boot provider's)")
-    async def set_provider(self, request: Request, host_id: FromPath[int], data: JSONBody[ProviderSet]) -> HostFirmwareOut:
+    @put("/hosts/{host_id:int}/provider", summary="Set a host's firmware provider (kind null: use its boot provider's)",
+         dto=FastBody[ProviderSet], return_dto=None)
+    async def set_provider(self, request: Request, host_id: PathId, data: JSONBody[ProviderSet]) -> HostFirmwareOut:
         user = await operator(request)
         rt = runtime(request)
         host = await _host(rt, host_id)
@@ -208,7 +212,7 @@ class FirmwareController(Controller):
         return _host_firmware(rt, await _host(rt, host_id), [])
 
     @get("/hosts/{host_id:int}/inventory", summary="Read a host's firmware inventory from its BMC now")
-    async def inventory(self, request: Request, host_id: FromPath[int]) -> HostFirmwareOut:
+    async def inventory(self, request: Request, host_id: PathId) -> HostFirmwareOut:
         await operator(request)
         rt = runtime(request)
         host = await _host(rt, host_id)
@@ -240,7 +244,7 @@ class RemediationController(Controller):
     tags = ["firmware"]
 
     @get("/{run_id:int}/firmware-remediation", summary="Update and re-vet: what would fix this run's firmware mismatches")
-    async def show(self, request: Request, run_id: FromPath[int]) -> RemediationOut:
+    async def show(self, request: Request, run_id: PathId) -> RemediationOut:
         await operator(request)
         o = await offers(runtime(request), run_id)
         return RemediationOut(
@@ -251,8 +255,9 @@ class RemediationController(Controller):
         )
 
     @post("/{run_id:int}/firmware-remediation", status_code=201,
-          summary="Update and re-vet: a one-host plan that updates through the BMC, then starts a new vetting run")
-    async def start(self, request: Request, run_id: FromPath[int],
+          summary="Update and re-vet: a one-host plan that updates through the BMC, then starts a new vetting run",
+          dto=FastBody[RemediationStart], return_dto=None)
+    async def start(self, request: Request, run_id: PathId,
                     data: JSONBody[RemediationStart | None] = None) -> PlanDetail:
         user = await operator(request)
         rt = runtime(request)
