@@ -1,0 +1,140 @@
+"""Server-sent events for the pages: the event stream of the API, named for htmx, and a log tail.
+
+The dashboard and run streams are the API's ``/api/v1/events/stream``
+(:func:`vetting_server.api_operator.follow_events`: the events table, woken by the hub,
+progress from the heartbeats) with event names the pages' ``hx-trigger="sse:…"`` can
+listen for: ``host-<id>`` and ``summary`` on the dashboard, ``run`` and ``progress`` on a
+run page. Each event carries its events-table id, so a browser that reconnects (the
+``EventSource`` does by itself) sends ``Last-Event-ID`` and misses nothing.
+
+The log tail streams the run's ``log_lines`` as rendered HTML (:mod:`.ansi`), one SSE
+message per batch, with the id of its last line: a reconnect resumes after it, so no
+line is shown twice or lost. Without ``Last-Event-ID`` it starts :data:`TAIL_LINES`
+from the end. Log batches may be written by another process (the SQLite writer), so
+the tail looks every :data:`LOG_POLL_S` seconds as well as when the hub wakes it. Once
+the run is over and every line is sent it says ``end`` and the page closes the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from html import escape
+from typing import Any
+
+from litestar import Controller, Request, get
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from ..api_operator import follow_events
+from ..database import as_dt
+from ..errors import ApiError
+from ..limits import PathId
+from ..runtime import TERMINAL_VALUES
+from .ansi import ansi_html
+
+TAIL_LINES = 300
+LOG_POLL_S = 0.5
+KEEPALIVE_S = 15.0
+HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+def last_event_id(request: Request) -> int | None:
+    header = request.headers.get("last-event-id")
+    if not header:
+        return None
+    try:
+        return max(0, int(header))
+    except ValueError:
+        raise ApiError(400, f"Last-Event-ID must be a number, got {header[:40]!r}") from None
+
+
+async def _latest_event(rt: Any) -> int:
+    return int(await rt.db.fetchval("SELECT coalesce(max(id), 0) FROM events") or 0)
+
+
+def render_lines(rows: list[dict[str, Any]]) -> str:
+    return "".join(
+        f'<span class="ln lvl-{escape(r["level"] or "info")}"><time>{as_dt(r["ts"]).strftime("%H:%M:%S")}</time> '
+        f'<b>{escape(r["stage"] or "-")}</b> {ansi_html(r["message"])}</span>\n'
+        for r in rows
+    )
+
+
+class StreamController(Controller):
+    path = "/ui"
+    include_in_schema = False
+
+    @get("/stream")
+    async def dashboard(self, request: Request) -> ServerSentEvent:
+        rt = request.app.state.rt
+        start = last_event_id(request)
+        start = await _latest_event(rt) if start is None else start
+
+        async def gen() -> AsyncIterator[ServerSentEventMessage]:
+            yield ServerSentEventMessage(comment="dashboard", retry=2000)
+            async for row, progress in follow_events(rt, start, None, KEEPALIVE_S):
+                if row is not None:
+                    if row["host_id"] is not None:
+                        yield ServerSentEventMessage(event=f"host-{row['host_id']}", data="", id=row["id"])
+                    if row["kind"] != "notification":
+                        yield ServerSentEventMessage(event="summary", data="", id=row["id"])
+                elif progress is not None:
+                    auth = rt.runs.get(progress["run_id"])
+                    if auth is not None:
+                        yield ServerSentEventMessage(event=f"host-{auth.host_id}", data="")
+                else:
+                    yield ServerSentEventMessage(comment="keep-alive")
+
+        return ServerSentEvent(gen(), headers=HEADERS)
+
+    @get("/runs/{run_id:int}/stream")
+    async def run(self, request: Request, run_id: PathId) -> ServerSentEvent:
+        rt = request.app.state.rt
+        start = last_event_id(request)
+        start = await _latest_event(rt) if start is None else start
+
+        async def gen() -> AsyncIterator[ServerSentEventMessage]:
+            yield ServerSentEventMessage(comment=f"run {run_id}", retry=2000)
+            async for row, progress in follow_events(rt, start, run_id, KEEPALIVE_S):
+                if row is not None:
+                    yield ServerSentEventMessage(event="run", data=row["kind"], id=row["id"])
+                elif progress is not None:
+                    yield ServerSentEventMessage(event="progress", data="")
+                else:
+                    yield ServerSentEventMessage(comment="keep-alive")
+
+        return ServerSentEvent(gen(), headers=HEADERS)
+
+    @get("/runs/{run_id:int}/log")
+    async def log(self, request: Request, run_id: PathId) -> ServerSentEvent:
+        rt = request.app.state.rt
+        db = rt.db
+        after = last_event_id(request)
+        if after is None:  # the last TAIL_LINES lines first
+            after = int(await db.fetchval(
+                "SELECT coalesce(min(id) - 1, 0) FROM (SELECT id FROM log_lines WHERE run_id = $1 ORDER BY id DESC LIMIT $2) t",
+                run_id, TAIL_LINES,
+            ) or 0)
+
+        async def gen() -> AsyncIterator[ServerSentEventMessage]:
+            last, idle = after, 0.0
+            yield ServerSentEventMessage(comment=f"log of run {run_id}", retry=1000)
+            while True:
+                rows = await db.fetch(
+                    "SELECT id, ts, stage, level, message FROM log_lines WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT 500",
+                    run_id, last,
+                )
+                if rows:
+                    last, idle = int(rows[-1]["id"]), 0.0
+                    yield ServerSentEventMessage(event="line", data=render_lines(rows), id=last)
+                    continue
+                state = await db.fetchval("SELECT state FROM runs WHERE id = $1", run_id)
+                if state is None or state in TERMINAL_VALUES:
+                    yield ServerSentEventMessage(event="end", data="", id=last)
+                    return
+                await rt.hub.wait(LOG_POLL_S)
+                idle += LOG_POLL_S
+                if idle >= KEEPALIVE_S:
+                    idle = 0.0
+                    yield ServerSentEventMessage(comment="keep-alive")
+
+        return ServerSentEvent(gen(), headers=HEADERS)
