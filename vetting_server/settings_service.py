@@ -44,6 +44,11 @@ class SettingError(ValueError):
         self.key = key
 
 
+def profile_names(registry: Any) -> list[str]:
+    """The profiles a run may name (fragments only add to one)."""
+    return sorted({spec.name for _, spec in registry.profile_specs if not spec.fragment})
+
+
 def get_path(data: dict[str, Any], key: str) -> Any:
     for part in key.split("."):
         data = data[part]
@@ -85,8 +90,8 @@ class RuntimeSettings:
             _set_path(data, key, value)
         settings = settings_from_dict(data, source=SOURCE)
         profile = settings.runs.default_profile
-        if "runs.default_profile" in overrides and profile not in self.rt.registry.profiles:
-            known = ", ".join(sorted(self.rt.registry.profiles)) or "none"
+        if "runs.default_profile" in overrides and profile not in profile_names(self.rt.registry):
+            known = ", ".join(profile_names(self.rt.registry)) or "none"
             raise ConfigError(f"{SOURCE}: $.runs.default_profile: no installed profile {profile!r} (installed: {known})")
         return settings
 

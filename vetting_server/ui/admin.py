@@ -12,7 +12,7 @@ from litestar.response import Redirect, Template
 from vetting_core.config import RUNTIME_KEYS
 
 from ..errors import not_found
-from ..settings_service import SettingError
+from ..settings_service import SettingError, profile_names
 from ..views import event_out
 from . import queries
 from .render import page
@@ -42,7 +42,7 @@ class AdminController(Controller):
     def _settings(self, request: Request, status: int = 200, **extra: Any) -> Template:
         rt = request.app.state.rt
         return page(request, "settings.html.j2", status_code=status, rows=settings_rows(request),
-                    profiles=sorted(rt.registry.profiles), targets=[t.name for t in rt.settings.notifications.targets],
+                    profiles=profile_names(rt.registry), targets=[t.name for t in rt.settings.notifications.targets],
                     **extra)
 
     @get("/settings")

@@ -19,32 +19,39 @@ from litestar import Request
 from ..api_operator import HostController, RunController
 from ..schemas import ActionRequest, HostCreate, HostOut, HostUpdate, OverrideRequest, RunCreated, RunOut, RunStart
 
+class _Controller:
+    """Stands in for the controller instance: the handlers reach each other only through it."""
+
+    _action = RunController._action
+
+
+_SELF = _Controller()
 ACTIONS = {"cancel": RunController.cancel, "retry-stage": RunController.retry_stage, "release": RunController.release}
 
 
 async def register_host(request: Request, body: HostCreate) -> HostOut:
-    return await HostController.create_host.fn(None, request, body)
+    return await HostController.create_host.fn(_SELF, request, body)
 
 
 async def update_host(request: Request, host_id: int, body: HostUpdate) -> HostOut:
-    return await HostController.update_host.fn(None, request, host_id, body)
+    return await HostController.update_host.fn(_SELF, request, host_id, body)
 
 
 async def start_run(request: Request, body: RunStart) -> RunCreated:
-    return await RunController.start_run.fn(None, request, body)
+    return await RunController.start_run.fn(_SELF, request, body)
 
 
 async def run_action(request: Request, run_id: int, action: str, reason: str) -> RunOut:
-    return await ACTIONS[action].fn(None, request, run_id, ActionRequest(reason=reason))
+    return await ACTIONS[action].fn(_SELF, request, run_id, ActionRequest(reason=reason))
 
 
 async def override(request: Request, run_id: int, flags: dict[str, Any], reason: str) -> RunOut:
-    return await RunController.override.fn(None, request, run_id, OverrideRequest(flags=flags, reason=reason))
+    return await RunController.override.fn(_SELF, request, run_id, OverrideRequest(flags=flags, reason=reason))
 
 
 async def report(request: Request, run_id: int, fmt: str) -> Any:
-    return await RunController.report.fn(None, request, run_id, fmt)
+    return await RunController.report.fn(_SELF, request, run_id, fmt)
 
 
 async def hold_key(request: Request, run_id: int) -> Any:
-    return await RunController.hold_key.fn(None, request, run_id)
+    return await RunController.hold_key.fn(_SELF, request, run_id)

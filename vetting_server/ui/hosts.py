@@ -20,6 +20,7 @@ from vetting_core.safeyaml import YamlError, load_yaml
 from ..errors import ApiError, not_found
 from ..limits import PathId
 from ..runs import jload
+from ..settings_service import profile_names
 from ..schemas import HostCreate, HostUpdate, RunStart
 from ..views import host_out
 from . import api, queries
@@ -98,7 +99,7 @@ class HostController(Controller):
         return page(
             request, "host.html.j2", status_code=status, host=host, agent_token=agent_token,
             runs=await queries.host_runs(rt.db, host_id), inventory_diff=diff, inventory_runs=inv, ignores=ignores,
-            profiles=sorted(rt.registry.profiles), stages=sorted(rt.registry.stages),
+            profiles=profile_names(rt.registry), stages=sorted(rt.registry.stages),
             default_profile=rt.settings.runs.default_profile, run_errors=run_errors or {},
         )
 
