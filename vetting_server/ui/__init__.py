@@ -84,8 +84,9 @@ def static_router() -> Any:
 
 
 def install(app: Any) -> None:
-    """State the UI keeps on the app (its session store)."""
+    """State the UI keeps on the app: its session store, run tokens to show once."""
     app.state.ui_sessions = SessionStore(app.state.rt)
+    app.state.ui_run_tokens = {}
 
 
 __all__ = ["install", "router", "static_router", "template_config"]

@@ -26,6 +26,7 @@ from ..views import host_out
 from . import api, queries
 from .inventory_diff import inventory_diff
 from .render import is_htmx, page
+from .runs import remember_token
 
 HOST_FIELDS = ("name", "mac", "boot_provider", "boot_config", "expected_spec_yaml", "notes")
 
@@ -142,6 +143,7 @@ class HostController(Controller):
             if exc.status_code not in (409, 422):
                 raise
             return await self._page(request, host_id, status=exc.status_code, run_errors=field_errors(exc, "host_id"))
+        remember_token(request, created.run.id, created)
         return Redirect(path=f"/runs/{created.run.id}", status_code=303)
 
     @post("/hosts/{host_id:int}/ignores/{ignore_id:int}/delete")

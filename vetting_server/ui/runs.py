@@ -33,6 +33,23 @@ from . import api, queries
 from .charts import live_charts
 from .render import page
 
+MAX_TOKENS = 1000
+
+
+def tokens(request: Request) -> dict[tuple[int, int], dict[str, str]]:
+    """Run tokens to show once, on the first view of a run the session started (the API
+    shows them once in its reply). In this process only: a replica behind a load balancer
+    that did not start the run shows the page without it."""
+    return request.app.state.ui_run_tokens
+
+
+def remember_token(request: Request, run_id: int, created: Any) -> None:
+    store = tokens(request)
+    if len(store) >= MAX_TOKENS:
+        store.pop(next(iter(store)))
+    store[(request.state.ui_session.id, run_id)] = {"token": created.agent_token, "kernel_params": created.kernel_params}
+
+
 CANCELLABLE = ("Registered", "Queued", "WaitingBoot", "Booting", "Running", "Reporting")
 
 
@@ -84,12 +101,14 @@ class RunPageController(Controller):
 
     @get("/runs/{run_id:int}")
     async def show(self, request: Request, run_id: PathId) -> Template:
+        return await self._page(request, run_id)
+
+    async def _page(self, request: Request, run_id: int, status: int = 200, **extra: Any) -> Template:
         ctx = await run_context(request, run_id)
         charts = await live_charts(request.app.state.rt, ctx["run"], ctx["stages"])
-        return page(request, "run.html.j2", **ctx, charts=charts)
-
-    async def _panel(self, request: Request, run_id: int, status: int = 200, **extra: Any) -> Template:
-        return page(request, "_run_panel.html.j2", status_code=status, **await run_context(request, run_id), **extra)
+        created = tokens(request).pop((request.state.ui_session.id, run_id), None)
+        return page(request, "run.html.j2", status_code=status, **ctx, charts=charts, created=created,
+                    public_url=request.app.state.rt.public_url, **extra)
 
     @get("/ui/runs/{run_id:int}/timeline")
     async def timeline(self, request: Request, run_id: PathId) -> Template:
@@ -97,7 +116,7 @@ class RunPageController(Controller):
 
     @get("/ui/runs/{run_id:int}/panel")
     async def panel(self, request: Request, run_id: PathId) -> Template:
-        return await self._panel(request, run_id)
+        return page(request, "_run_panel.html.j2", **await run_context(request, run_id))
 
     @get("/ui/runs/{run_id:int}/charts")
     async def charts(self, request: Request, run_id: PathId) -> Template:
@@ -122,7 +141,7 @@ class RunPageController(Controller):
                     raise conflict(f"run {run_id} is not waiting for a wipe override")
                 typed = typed_disks(str(form.get("confirm", "")))
                 if typed != disks:
-                    return await self._panel(request, run_id, 422, confirm_error=(
+                    return await self._page(request, run_id, 422, confirm_error=(
                         f"Type exactly the disks the probe found data on: {' '.join(disks)}"
                         + (f" (you typed: {' '.join(typed)})" if typed else "")), confirm_text=str(form.get("confirm", ""))[:500])
                 await api.override(request, run_id, {"wipe": True},
@@ -134,7 +153,7 @@ class RunPageController(Controller):
         except ApiError as exc:
             if exc.status_code != 409:
                 raise
-            return await self._panel(request, run_id, 409, action_error=exc.detail)
+            return await self._page(request, run_id, 409, action_error=exc.detail)
         request.app.state.rt.wake_dispatcher()
         return Redirect(path=f"/runs/{run_id}", status_code=303)
 
