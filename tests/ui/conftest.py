@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -57,7 +58,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         "hold": {"enabled": True, "key_ttl_hours": 2},
     }
     with ServerProcess(tmp / "server", settings=settings, env=plugin_env(tmp)) as srv:
-        srv.cli("admin", "create", "--user", "alice", "--password-stdin", input=PASSWORD + "\n", check=True)
+        srv.cli("admin", "create", "alice", "--password-stdin", input=PASSWORD + "\n", check=True)
         srv.plugin_env = plugin_env(tmp)  # type: ignore[attr-defined]
         yield srv
 
@@ -110,7 +111,7 @@ class Ui:
         self.page.wait_for_url(re.compile(r".*/$"))
 
     def csrf(self) -> str:
-        return re.search(r'"X-CSRF-Token": "([^"]+)"', self.page.content())[1]
+        return json.loads(self.page.locator("body").get_attribute("hx-headers"))["X-CSRF-Token"]
 
     def close(self) -> None:
         self.context.close()
@@ -192,5 +193,5 @@ def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> 
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
         time.sleep(0.1)

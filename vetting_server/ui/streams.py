@@ -3,8 +3,10 @@
 The dashboard and run streams are the API's ``/api/v1/events/stream``
 (:func:`vetting_server.api_operator.follow_events`: the events table, woken by the hub,
 progress from the heartbeats) with event names the pages' ``hx-trigger="sse:…"`` can
-listen for: ``host-<id>`` and ``summary`` on the dashboard, ``run`` and ``progress`` on a
-run page. Each event carries its events-table id, so a browser that reconnects (the
+listen for: ``host-<id>`` (an event of the host), ``progress-<host id>`` and ``summary``
+on the dashboard, ``run`` and ``progress`` on a run page. State events are never
+throttled (the fragments queue the last request: ``hx-sync="this:queue last"``, so the
+final state is always fetched); progress is, on the page's side. Each event carries its events-table id, so a browser that reconnects (the
 ``EventSource`` does by itself) sends ``Last-Event-ID`` and misses nothing.
 
 The log tail streams the run's ``log_lines`` as rendered HTML (:mod:`.ansi`), one SSE
@@ -54,7 +56,7 @@ async def _latest_event(rt: Any) -> int:
 def render_lines(rows: list[dict[str, Any]]) -> str:
     return "".join(
         f'<span class="ln lvl-{escape(r["level"] or "info")}"><time>{as_dt(r["ts"]).strftime("%H:%M:%S")}</time> '
-        f'<b>{escape(r["stage"] or "-")}</b> {ansi_html(r["message"])}</span>\n'
+        f'<b>{escape(r["stage"] or "-")}</b> {ansi_html(r["message"])}</span>'
         for r in rows
     )
 
@@ -80,7 +82,7 @@ class StreamController(Controller):
                 elif progress is not None:
                     auth = rt.runs.get(progress["run_id"])
                     if auth is not None:
-                        yield ServerSentEventMessage(event=f"host-{auth.host_id}", data="")
+                        yield ServerSentEventMessage(event=f"progress-{auth.host_id}", data="")
                 else:
                     yield ServerSentEventMessage(comment="keep-alive")
 
