@@ -195,3 +195,7 @@ def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
         time.sleep(0.1)
+
+
+# the in-process server of the server tests (SQLite and PostgreSQL), for tests/ui/test_ui_server.py
+from tests.server.conftest import database_url, env, pg_databases, settings_overrides, test_registry  # noqa: E402,F401

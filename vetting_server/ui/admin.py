@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 import yaml
 from litestar import Controller, Request, Response, get, post
+from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
 from vetting_core.config import RUNTIME_KEYS
@@ -50,7 +51,7 @@ class AdminController(Controller):
         return self._settings(request)
 
     @post("/settings/{key:str}")
-    async def change(self, request: Request, key: str) -> Response:
+    async def change(self, request: Request, key: FromPath[str]) -> Response:
         svc = request.app.state.rt.runtime_settings
         if key not in RUNTIME_KEYS:
             raise not_found(f"no runtime setting {key!r}")

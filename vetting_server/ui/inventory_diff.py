@@ -1,9 +1,10 @@
 """What changed in a host between two runs' inventories: what was repaired or swapped.
 
-Both documents are flattened to dotted paths (``memory.dimms[DIMM_A2].serial``). List
-items are named by what identifies the part, not by position — a disk by its serial, a
-DIMM by its slot (locator), a PCI device by its address — so a replaced disk shows as one
-removed and one added, and a reordered list shows no change. Volatile values (the
+Both documents are flattened to dotted paths (``memory.dimms[S123].locator``). List
+items are named by what identifies the part, not by position — its serial number first,
+else its slot (a DIMM's locator), address (PCI), MAC, path or name — so a swapped disk
+or DIMM shows as one removed and one added (with the slot it sat in), a disk moved to
+another bay as its path changed, and a reordered list shows no change. Volatile values (the
 negotiated NIC speed, the link state, the current PCIe speed) are diffed too: a link that
 came back at full width after a reseat is exactly what an operator wants to see.
 """

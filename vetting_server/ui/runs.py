@@ -22,6 +22,7 @@ import re
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
+from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
 from ..database import utcnow
@@ -130,7 +131,7 @@ class RunPageController(Controller):
 
     # ------------------------------------------------------------------ decisions
     @post("/runs/{run_id:int}/{action:str}")
-    async def act(self, request: Request, run_id: PathId, action: str) -> Response:
+    async def act(self, request: Request, run_id: PathId, action: FromPath[str]) -> Response:
         form = await request.form()
         reason = str(form.get("reason", ""))[:2000]
         try:
