@@ -221,3 +221,40 @@ async def test_pages_carry_security_headers_and_stay_out_of_the_openapi_document
     assert (await env.client.post("/settings/retention.logs_days", data={"value": "3"})).status_code == 403
     r = await env.client.post("/settings/retention.logs_days", data={"value": "3", "_csrf": csrf((await env.client.get("/")).text)})
     assert r.status_code == 303 and env.rt.settings.retention.logs_days == 3.0
+
+
+async def test_dashboard_filters_counts_and_the_runs_that_need_a_person(env):
+    await add_user(env)
+    await login(env)
+    db, now = env.rt.db, utcnow()
+    hosts = {}
+    for i, name in enumerate(("idle-1", "done-2", "held-3", "lost-4", "busy-5")):
+        hosts[name] = (await env.create_host(name, f"aa:bb:cc:00:01:{i:02x}"))["id"]
+
+    async def run(host: str, state: str, result: str | None, **extra) -> None:
+        cols = {"host_id": hosts[host], "state": state, "result": result, "agent_token_hash": f"h{host}{state}",
+                "non_destructive": True, "started_at": now, "state_changed_at": now, **extra}
+        await db.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(cols)))})",
+                         *cols.values())
+
+    await run("done-2", "Completed", "pass")
+    await run("held-3", "Completed", "pass")
+    await run("held-3", "FailedHolding", "fail", failed_stage="Storage", hold_expires_at=now + timedelta(hours=3))
+    await run("lost-4", "Failed", "fail", reason="agent lost: no heartbeat for 61s")
+    await run("busy-5", "Running", None, current_stage="CPU")
+
+    def names(html: str) -> list[str]:
+        return re.findall(r'<a href="/hosts/\d+">([^<]+)</a>', html)
+
+    page = (await env.client.get("/")).text
+    assert names(page) == ["held-3", "lost-4", "busy-5", "done-2", "idle-1"]  # people first
+    assert "Needs a person (2)" in page and "waiting for override" not in page and ">held<" in page and "agent lost" in page
+    assert re.search(r'data-until="[^"]+"', page)  # the hold's time left counts down
+    for query, want in (("state=idle", ["idle-1"]), ("state=attention", ["held-3", "lost-4"]), ("state=Running", ["busy-5"]),
+                        ("verdict=pass", ["done-2"]), ("verdict=fail", ["held-3", "lost-4"]), ("verdict=none", ["busy-5", "idle-1"]),
+                        ("q=LOST", ["lost-4"]), ("q=aa:bb:cc:00:01:04", ["busy-5"]), ("state=bogus", list(names(page)))):
+        assert names((await env.client.get(f"/ui/tiles?{query}")).text) == want, query
+    summary = (await env.client.get("/ui/summary")).text
+    assert re.search(r"held</span> <strong>1</strong>", summary) and re.search(r"idle</span> <strong>1</strong>", summary)
+    tile = (await env.client.get(f"/ui/tiles/{hosts['busy-5']}")).text
+    assert "Running" in tile and "CPU" in tile and f'hx-trigger="sse:host-{hosts["busy-5"]}' in tile
