@@ -22,7 +22,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,8 +70,10 @@ def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     print(f"\nscreenshots: {d}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Module-scoped: Playwright's sync API runs an event loop of its own while it is open,
+    and the anyio tests of another module need theirs."""
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (listed in .ci/debian-packages.txt)"
     from playwright.sync_api import sync_playwright
 
@@ -184,17 +185,6 @@ def ext4_image(path: Path, size_mib: int = 8) -> Path:
         f.truncate(size_mib << 20)
     subprocess.run([mkfs, "-q", "-F", "-L", "vetting-test", str(path)], check=True, capture_output=True)
     return path
-
-
-def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
-        time.sleep(0.1)
 
 
 # the in-process server of the server tests (SQLite and PostgreSQL), for tests/ui/test_ui_server.py

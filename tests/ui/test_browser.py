@@ -12,7 +12,9 @@ import time
 
 from playwright.sync_api import expect
 
-from .conftest import PHONE, Ui, ext4_image, wait_for
+from tests.support.bmc import wait_until
+
+from .conftest import PHONE, Ui, ext4_image
 
 SESSION = "__Host-vetting-session"
 RUNNING_SPEC = "params:\n  Chatter: {samples: 300, lines: 150, duration_s: 14}\n"
@@ -145,7 +147,7 @@ def test_register_a_host_and_watch_its_host_mode_run_live(ui: Ui, agents) -> Non
         lines.append(page.locator("#log .ln").count())
         return len(values) >= 3 and len({n for n in lines if n}) >= 2  # the tail grew while we watched
 
-    wait_for(moved, 30, lambda: f"progress and log lines to move (progress {values}, lines {lines[:3]}…{lines[-3:]})")
+    wait_until(moved, 30, "the progress bar and the log tail to move")
     ui.shot("05-run-live")
     ui.shot("06-dashboard-live", dash)
 

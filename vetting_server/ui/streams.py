@@ -49,16 +49,30 @@ def last_event_id(request: Request) -> int | None:
         raise ApiError(400, f"Last-Event-ID must be a number, got {header[:40]!r}") from None
 
 
-async def _latest_event(rt: Any) -> int:
-    return int(await rt.db.fetchval("SELECT coalesce(max(id), 0) FROM events") or 0)
-
-
 def render_lines(rows: list[dict[str, Any]]) -> str:
     return "".join(
         f'<span class="ln lvl-{escape(r["level"] or "info")}"><time>{as_dt(r["ts"]).strftime("%H:%M:%S")}</time> '
         f'<b>{escape(r["stage"] or "-")}</b> {ansi_html(r["message"])}</span>'
         for r in rows
     )
+
+
+async def _events(request: Request, run_id: int | None, on_row: Any, on_progress: Any) -> ServerSentEvent:
+    """The event stream (of one run, or all) as the messages ``on_row``/``on_progress`` name."""
+    rt = request.app.state.rt
+    start = last_event_id(request)
+    start = int(await rt.db.fetchval("SELECT coalesce(max(id), 0) FROM events") or 0) if start is None else start
+
+    async def gen() -> AsyncIterator[ServerSentEventMessage]:
+        yield ServerSentEventMessage(comment="vetting events", retry=2000)
+        async for row, progress in follow_events(rt, start, run_id, KEEPALIVE_S):
+            messages = on_row(row) if row is not None else on_progress(progress) if progress is not None else None
+            if messages is None:
+                yield ServerSentEventMessage(comment="keep-alive")
+            for m in messages or ():
+                yield m
+
+    return ServerSentEvent(gen(), headers=HEADERS)
 
 
 class StreamController(Controller):
@@ -68,43 +82,23 @@ class StreamController(Controller):
     @get("/stream")
     async def dashboard(self, request: Request) -> ServerSentEvent:
         rt = request.app.state.rt
-        start = last_event_id(request)
-        start = await _latest_event(rt) if start is None else start
 
-        async def gen() -> AsyncIterator[ServerSentEventMessage]:
-            yield ServerSentEventMessage(comment="dashboard", retry=2000)
-            async for row, progress in follow_events(rt, start, None, KEEPALIVE_S):
-                if row is not None:
-                    if row["host_id"] is not None:
-                        yield ServerSentEventMessage(event=f"host-{row['host_id']}", data="", id=row["id"])
-                    if row["kind"] != "notification":
-                        yield ServerSentEventMessage(event="summary", data="", id=row["id"])
-                elif progress is not None:
-                    auth = rt.runs.get(progress["run_id"])
-                    if auth is not None:
-                        yield ServerSentEventMessage(event=f"progress-{auth.host_id}", data="")
-                else:
-                    yield ServerSentEventMessage(comment="keep-alive")
+        def on_row(row: dict[str, Any]) -> list[ServerSentEventMessage]:
+            out = [ServerSentEventMessage(event=f"host-{row['host_id']}", data="", id=row["id"])] if row["host_id"] else []
+            if row["kind"] != "notification":
+                out.append(ServerSentEventMessage(event="summary", data="", id=row["id"]))
+            return out
 
-        return ServerSentEvent(gen(), headers=HEADERS)
+        def on_progress(p: dict[str, Any]) -> list[ServerSentEventMessage]:
+            auth = rt.runs.get(p["run_id"])
+            return [ServerSentEventMessage(event=f"progress-{auth.host_id}", data="")] if auth else []
+
+        return await _events(request, None, on_row, on_progress)
 
     @get("/runs/{run_id:int}/stream")
     async def run(self, request: Request, run_id: PathId) -> ServerSentEvent:
-        rt = request.app.state.rt
-        start = last_event_id(request)
-        start = await _latest_event(rt) if start is None else start
-
-        async def gen() -> AsyncIterator[ServerSentEventMessage]:
-            yield ServerSentEventMessage(comment=f"run {run_id}", retry=2000)
-            async for row, progress in follow_events(rt, start, run_id, KEEPALIVE_S):
-                if row is not None:
-                    yield ServerSentEventMessage(event="run", data=row["kind"], id=row["id"])
-                elif progress is not None:
-                    yield ServerSentEventMessage(event="progress", data="")
-                else:
-                    yield ServerSentEventMessage(comment="keep-alive")
-
-        return ServerSentEvent(gen(), headers=HEADERS)
+        return await _events(request, run_id, lambda row: [ServerSentEventMessage(event="run", data=row["kind"], id=row["id"])],
+                             lambda p: [ServerSentEventMessage(event="progress", data="")])
 
     @get("/runs/{run_id:int}/log")
     async def log(self, request: Request, run_id: PathId) -> ServerSentEvent:
