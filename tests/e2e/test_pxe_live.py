@@ -1,0 +1,301 @@
+"""End to end: a server taken by its MAC and BMC address is PXE-booted into the real live
+image, vetted with a destructive Storage stage, reported, and switched off.
+
+The "server" is a QEMU VM (TCG) with no OS: a virtio NIC whose option ROM is iPXE and
+three virtio disks — ``scratch`` (blank, in the expected spec), ``data`` (in the spec,
+carries an ext4 file system) and ``guarded`` (a disk the spec does not list, with a
+file system: the machine's "system disk"). Its power is a BMC emulator's: ``ipmi_sim``
+(the chassis hook starts and kills QEMU) or ``sushy-emulator`` (a Redfish BMC; a
+small loop makes its power state the VM's). The VM sits on a bridge + tap inside a
+network namespace whose veth peer is the server's PXE interface; ``vetting serve``
+with its dnsmasq supervisor is the whole boot infrastructure.
+
+What one run proves, in order: ``vetting run start`` powers the host on through the
+BMC with a one-time PXE boot; dnsmasq answers its MAC; the iPXE script boots the live
+image's kernel and initrd from the server; the agent (started by systemd in the
+image) says hello and claims the run; InventoryCheck and SpecValidate pass; the
+Storage stage's wipe probe finds the ext4 on ``data`` and the run holds with nothing
+written; the operator overrides; the stage writes and verifies both allowed disks
+(fio, crc32c) and never touches ``guarded`` (not in the spec: gate 3); the report
+says so; the boot override is cleared and the machine is powered off.
+
+Needs root, QEMU and the live image: :func:`tests.support.liveimage.ensure_image`
+builds it when this checkout's image is not cached yet (``.ci/run`` does that before
+the tests). Each test writes its boot timeline to ``timeline.json`` in its temporary
+directory, and to ``$VETTING_E2E_TIMELINE`` when set (``bench/pxe_boot.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.bmc import IpmiSim, SushyEmulator, wait_until
+from tests.support.liveimage import LiveImage, ensure_image
+from tests.support.netns import bridged_tap, veth_namespace
+from tests.support.server import ServerProcess, free_port
+from tests.support.timeline import Tail, boot_timeline, format_timeline
+from tests.support.vm import QEMU, in_namespace, pxe_vm_argv, require_qemu
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root]
+
+MIB = 1024 * 1024
+STAGES = ("InventoryCheck", "SpecValidate", "Storage")
+# the two 64 MiB disks are the spec's; the 128 MiB one matches nothing in it
+SPEC = """\
+description: end-to-end test VM
+disks:
+  - model: "*"
+    size_gb: 0.0671
+    count: 2
+params:
+  Storage:
+    runtime_s: 2
+    read_size: 16M
+    verify_size: 16M
+    rand_verify_size: 2M
+    smart: false
+    fio_timeout_s: 300
+"""
+VM_LIMIT_S = 600  # the VM is killed after this whatever happens
+
+
+@pytest.fixture(scope="module")
+def live_image() -> LiveImage:
+    require_qemu("bios")
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespace, tap device, image build)")
+    return ensure_image()
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MIB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_disks(d: Path) -> dict[str, Path]:
+    disks = {"scratch": (64, None), "data": (64, "vetting-data"), "guarded": (128, "system")}
+    out = {}
+    for name, (mib, label) in disks.items():
+        path = d / f"{name}.img"
+        with open(path, "wb") as f:
+            f.truncate(mib * MIB)
+        if label:
+            subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, str(path)], check=True, capture_output=True)
+        out[name] = path
+    return out
+
+
+def disk_args(disks: dict[str, Path]) -> tuple[str, ...]:
+    args: list[str] = []
+    for i, (name, path) in enumerate(disks.items()):
+        args += ["-drive", f"file={path},if=none,id=disk{i},format=raw",
+                 "-device", f"virtio-blk-pci,drive=disk{i},serial={name}"]
+    return tuple(args)
+
+
+def serve(tmp_path: Path, subnet: str, host_if: str, image: LiveImage, env: dict[str, str]) -> ServerProcess:
+    port = free_port()
+    settings = {
+        "server": {"host": "0.0.0.0", "public_url": f"http://{subnet}.1:{port}"},
+        "pxe": {"enabled": True, "interface": host_if, "dhcp_range": f"{subnet}.100,{subnet}.150,1h",
+                "tftp_root": str(tmp_path / "tftp"), "kernel_path": str(image.kernel),
+                "initrd_path": str(image.initrd), "cmdline_extra": "console=ttyS0 panic=-1 quiet"},
+        # the agent powers the VM off itself after Completed; the server follows at once
+        "boot": {"power_off_delay_s": 0},
+        "timeouts": {"boot_timeout_s": 420},
+    }
+    return ServerProcess(tmp_path / "srv", port=port, settings=settings, env=env)
+
+
+def events(srv: ServerProcess, run_id: int) -> list[dict[str, Any]]:
+    return srv.api("GET", f"/api/v1/runs/{run_id}/events").json()
+
+
+def states(evs: list[dict[str, Any]]) -> list[str]:
+    return [e["data"]["to"] for e in evs if (e.get("data") or {}).get("to") and e["data"].get("from") != e["data"]["to"]]
+
+
+def start_vetting(srv: ServerProcess, name: str, mac: str, boot: dict[str, Any], tmp_path: Path, provider: str) -> int:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    opts = [f"--boot-option={k}={v}" for k, v in boot.items()]
+    srv.cli("host", "add", name, "--mac", mac, "--boot-provider", provider, *opts, "--spec", str(spec), check=True)
+    out = srv.cli("run", "start", name, *(f"--stage={s}" for s in STAGES), check=True).stdout
+    return int(re.match(r"run (\d+) on ", out).group(1))
+
+
+def vet(srv: ServerProcess, run_id: int, disks: dict[str, Path], before: dict[str, str], console: Path) -> dict[str, Any]:
+    """From power-on to the report: the hold on the wipe probe, the override, the verdict."""
+
+    def detail(*want: str, timeout: float) -> dict[str, Any]:
+        try:
+            return srv.wait_state(run_id, *want, timeout=timeout)
+        except AssertionError as exc:
+            tail = console.read_text(errors="replace")[-4000:] if console.exists() else "(no console output)"
+            raise AssertionError(f"{exc}\n--- VM console ---\n{tail}\n--- server ---\n{srv.log_tail(40)}") from None
+
+    held = detail("FailedHolding", "Failed", "Completed", timeout=480)
+    assert held["run"]["state"] == "FailedHolding", held
+    storage = next(s for s in held["stages"] if s["name"] == "Storage")
+    assert "wipe probe found data on 1 disk(s)" in (storage.get("reason") or ""), storage
+    assert "ext4" in storage["reason"]
+    # held: nothing was written to any disk
+    assert {n: sha256(p) for n, p in disks.items()} == before
+
+    r = srv.api("POST", f"/api/v1/runs/{run_id}/override", json={"reason": "e2e: the data disk may be wiped", "flags": {"wipe": True}})
+    assert r.status_code == 200, r.text
+    done = detail("Completed", "Failed", "FailedHolding", timeout=420)
+    assert done["run"]["state"] == "Completed", done
+    return done
+
+
+def check_verdicts(srv: ServerProcess, run_id: int, done: dict[str, Any], disks: dict[str, Path], before: dict[str, str]) -> None:
+    verdicts = {s["name"]: s["state"] for s in done["stages"]}
+    assert verdicts == {"InventoryCheck": "passed", "SpecValidate": "passed", "Storage": "passed"}, done["stages"]
+    report = srv.api("GET", f"/api/v1/runs/{run_id}/report/json").json()
+    stages = {s["name"]: s for s in report["stages"]}
+    assert report["verdict"] == "passed" and set(stages) == set(STAGES)
+    assert {n: s["verdict"] for n, s in stages.items()} == dict.fromkeys(STAGES, "passed")
+    summary = stages["Storage"]["summary"]
+    assert summary["mode"] == "destructive"
+    assert sorted(summary["targets"]) == ["/dev/vda", "/dev/vdb"]
+    assert [(s["device"], s["reason"]) for s in summary["skipped"]] == [("/dev/vdc", "surprise disk: matches no expected-spec disk")]
+    assert {s["name"]: s["verdict"] for s in stages["Storage"]["substeps"]} == {"vda": "passed", "vdb": "passed"}
+    after = {n: sha256(p) for n, p in disks.items()}
+    assert after["guarded"] == before["guarded"], "the agent wrote to a disk the safety gates did not clear"
+    # the allowed disks really were written (fio's verified writes), the override included
+    assert after["scratch"] != before["scratch"] and after["data"] != before["data"]
+
+
+def save_timeline(tmp_path: Path, name: str, tail: Tail, evs: list[dict[str, Any]], mac: str, wall: float) -> list:
+    steps = boot_timeline(tail.lines, evs, mac=mac)
+    doc = {"case": name, "steps": steps, "test_wall_s": round(wall, 1)}
+    (tmp_path / "timeline.json").write_text(json.dumps(doc, indent=2))
+    if os.environ.get("VETTING_E2E_TIMELINE"):
+        with open(os.environ["VETTING_E2E_TIMELINE"], "a") as f:
+            f.write(json.dumps(doc) + "\n")
+    return steps
+
+
+def test_ipmi_host_is_pxe_booted_vetted_and_switched_off(tmp_path, live_image, capsys):
+    started = time.monotonic()
+    subnet, mac = "10.231.18", "52:54:00:18:00:01"
+    console = tmp_path / "console.log"
+    disks = make_disks(tmp_path)
+    before = {n: sha256(p) for n, p in disks.items()}
+    with veth_namespace(f"{subnet}.1/24") as (ns, host_if, ns_if), bridged_tap(ns, ns_if) as tap:
+        vm = in_namespace(ns, pxe_vm_argv(firmware="bios", mac=mac, tap=tap, console=console, workdir=tmp_path,
+                                          memory_mb=1536, limit_s=VM_LIMIT_S, extra=disk_args(disks)))
+        with IpmiSim(tmp_path / "bmc", power_on_cmd=f"exec {shlex.join(vm)}") as bmc, \
+                serve(tmp_path, subnet, host_if, live_image, env={"BMC_PW": bmc.password}) as srv, \
+                Tail({"console": console, "dnsmasq": srv.data_dir / "pxe" / "dnsmasq.log"}) as tail:
+            run_id = start_vetting(srv, "e2e-ipmi", mac, bmc.config(password_env="BMC_PW"), tmp_path, "ipmi")
+            wait_until(lambda: bmc.powered, 60, "the BMC to power the VM on")
+            assert bmc.boot_device == "pxe"
+            done = vet(srv, run_id, disks, before, console)
+            wait_until(lambda: not bmc.powered, 60, "the VM to be powered off")
+            wait_until(lambda: bmc.boot_device == "none", 30, "the boot override to be cleared")
+            evs = events(srv, run_id)
+            check_verdicts(srv, run_id, done, disks, before)
+    assert states(evs) == ["Queued", "WaitingBoot", "Booting", "Running", "Failed", "FailedHolding", "Running",
+                           "Reporting", "Completed"], states(evs)
+    steps = save_timeline(tmp_path, "ipmi", tail, evs, mac, time.monotonic() - started)
+    with capsys.disabled():
+        print(f"\n[e2e ipmi] {time.monotonic() - started:.0f} s; boot timeline:\n{format_timeline(steps)}")
+
+
+class RedfishChassis:
+    """Makes a Redfish emulator's power state the VM's: the fake driver keeps power as
+    a value; this loop starts QEMU when it turns On and kills it when it turns Off (and
+    says Off through the BMC when the guest powers itself off, as real hardware does)."""
+
+    def __init__(self, rf: SushyEmulator, argv: list[str], log: Path) -> None:
+        self.rf, self.argv, self.log = rf, argv, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="redfish-chassis", daemon=True)
+
+    @property
+    def powered(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.5):
+            try:
+                state = self.rf.power_state()
+            except Exception:  # the emulator restarting or busy: ask again
+                continue
+            if state == "On" and self.proc is None:
+                self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=open(self.log, "ab"),
+                                             stderr=subprocess.STDOUT, start_new_session=True)
+            elif state == "Off" and self.proc is not None:
+                self._kill()
+            elif self.proc is not None and self.proc.poll() is not None:
+                self.proc = None  # the guest powered off: so does the "chassis"
+                self._post_reset("ForceOff")
+
+    def _post_reset(self, kind: str) -> None:
+        verify = ssl.create_default_context(cafile=str(self.rf.cert))
+        httpx.post(f"{self.rf.url}{self.rf.system_path}/Actions/ComputerSystem.Reset", json={"ResetType": kind},
+                   auth=("vetting", self.rf.password), verify=verify, timeout=10)
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> RedfishChassis:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self._kill()
+
+
+def test_redfish_host_is_pxe_booted_vetted_and_switched_off(tmp_path, live_image, capsys):
+    started = time.monotonic()
+    subnet, mac = "10.231.19", "52:54:00:19:00:01"
+    console = tmp_path / "console.log"
+    disks = make_disks(tmp_path)
+    before = {n: sha256(p) for n, p in disks.items()}
+    with veth_namespace(f"{subnet}.1/24") as (ns, host_if, ns_if), bridged_tap(ns, ns_if) as tap, \
+            SushyEmulator(tmp_path / "bmc", mac=mac) as rf:
+        pw = tmp_path / "bmc.pw"
+        pw.write_text(rf.password)
+        vm = in_namespace(ns, pxe_vm_argv(firmware="bios", mac=mac, tap=tap, console=console, workdir=tmp_path,
+                                          memory_mb=1536, limit_s=VM_LIMIT_S, extra=disk_args(disks)))
+        with RedfishChassis(rf, vm, tmp_path / "machine.log") as chassis, \
+                serve(tmp_path, subnet, host_if, live_image, env={}) as srv, \
+                Tail({"console": console, "dnsmasq": srv.data_dir / "pxe" / "dnsmasq.log"}) as tail:
+            run_id = start_vetting(srv, "e2e-redfish", mac, rf.config(password_file=str(pw)), tmp_path, "redfish")
+            wait_until(lambda: chassis.powered, 60, "the BMC to power the VM on")
+            boot = rf.system()["Boot"]
+            assert (boot["BootSourceOverrideTarget"], boot["BootSourceOverrideEnabled"]) == ("Pxe", "Once")
+            done = vet(srv, run_id, disks, before, console)
+            wait_until(lambda: not chassis.powered, 60, "the VM to be powered off")
+            wait_until(lambda: rf.system()["Boot"]["BootSourceOverrideEnabled"] == "Disabled", 30,
+                       "the boot override to be cleared")
+            evs = events(srv, run_id)
+            check_verdicts(srv, run_id, done, disks, before)
+    steps = save_timeline(tmp_path, "redfish", tail, evs, mac, time.monotonic() - started)
+    with capsys.disabled():
+        print(f"\n[e2e redfish] {time.monotonic() - started:.0f} s; boot timeline:\n{format_timeline(steps)}")
