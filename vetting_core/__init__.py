@@ -6,6 +6,7 @@ Plugin authors need only this package::
 """
 
 from ._markers import hookimpl
+from .boot import BmcAuthFailed, BmcRefused, BmcUnreachable, BootError
 from .context import (
     MemorySink,
     Peer,
@@ -45,6 +46,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Artifact",
+    "BmcAuthFailed",
+    "BmcRefused",
+    "BmcUnreachable",
+    "BootError",
     "BootProviderSpec",
     "EventObserverSpec",
     "FirmwareSnapshot",

@@ -68,9 +68,21 @@ class PxeSettings(_Section):
     dhcp_range: str | None = None  # e.g. "10.0.0.100,10.0.0.200,12h"
     user: str = "root"  # dnsmasq drops to this user before serving TFTP: it must read tftp_root
     tftp_root: str = "./var/tftp"
-    kernel_url: str = ""
+    ipxe_dir: str = "/usr/lib/ipxe"  # where undionly.kpxe and ipxe.efi are copied from (Debian package ipxe)
+    kernel_path: str = ""  # the live image's kernel, served at GET /pxe/vmlinuz
+    initrd_path: str = ""  # its initrd, served at GET /pxe/initrd.img
+    kernel_url: str = ""  # or URLs elsewhere (instead of kernel_path/initrd_path)
     initrd_url: str = ""
     cmdline_extra: str = ""
+
+
+class BootSettings(_Section):
+    """What the server does around a boot provider's power-on (see docs/pxe.md)."""
+
+    window_s: float = 900.0  # after the power-on, how long GET /ipxe/{mac} may hand out the run token (once)
+    provider_timeout_s: float = 300.0  # one provider action, its own retries included
+    power_off_after: bool = True  # power the host off after the verdict and when a hold expires
+    power_off_delay_s: float = 60.0  # after Completed: the agent's own clean shutdown comes first
 
 
 class HoldSettings(_Section):
@@ -147,6 +159,7 @@ class Settings(_Section):
     dispatcher: DispatcherSettings = msgspec.field(default_factory=DispatcherSettings)
     timeouts: TimeoutSettings = msgspec.field(default_factory=TimeoutSettings)
     pxe: PxeSettings = msgspec.field(default_factory=PxeSettings)
+    boot: BootSettings = msgspec.field(default_factory=BootSettings)
     hold: HoldSettings = msgspec.field(default_factory=HoldSettings)
     notifications: NotificationSettings = msgspec.field(default_factory=NotificationSettings)
     peers: PeerSettings = msgspec.field(default_factory=PeerSettings)
@@ -234,9 +247,13 @@ def _check_references(settings: Settings, source: str) -> None:
                     f"{source}: $.notifications.routes[{i}].events: unknown event {event!r} "
                     f"(events: *, {', '.join(sorted(kinds))})"
                 )
-    for key in ("dnsmasq", "interface", "dhcp_range", "user", "tftp_root", "kernel_url", "initrd_url", "cmdline_extra"):
+    for key in ("dnsmasq", "interface", "dhcp_range", "user", "tftp_root", "ipxe_dir", "kernel_path", "initrd_path",
+                "kernel_url", "initrd_url", "cmdline_extra"):
         if any(c in (getattr(settings.pxe, key) or "") for c in "\r\n"):
-            raise ConfigError(f"{source}: $.pxe.{key} must be one line (it goes into dnsmasq's configuration)")
+            raise ConfigError(f"{source}: $.pxe.{key} must be one line (it goes into dnsmasq's configuration or the iPXE script)")
+    for what in ("kernel", "initrd"):
+        if getattr(settings.pxe, f"{what}_path") and getattr(settings.pxe, f"{what}_url"):
+            raise ConfigError(f"{source}: $.pxe.{what}_path and $.pxe.{what}_url: give one, not both")
     if settings.pxe.enabled:
         for key in ("interface", "dhcp_range"):
             if not getattr(settings.pxe, key):
@@ -270,6 +287,9 @@ def _ranges(settings: Settings) -> list[tuple[str, float, float, float]]:
         ("$.timeouts.heartbeat_timeout_s", s.timeouts.heartbeat_timeout_s, 0.1, inf),
         ("$.timeouts.stage_grace_s", s.timeouts.stage_grace_s, 0, inf),
         ("$.hold.key_ttl_hours", s.hold.key_ttl_hours, 0.01, inf),
+        ("$.boot.window_s", s.boot.window_s, 10, inf),
+        ("$.boot.provider_timeout_s", s.boot.provider_timeout_s, 1, 3600),
+        ("$.boot.power_off_delay_s", s.boot.power_off_delay_s, 0, 86400),
         ("$.peers.lease_timeout_s", s.peers.lease_timeout_s, 1, inf),
         ("$.peers.wait_s", s.peers.wait_s, 0.1, 3600),
         ("$.retention.artifacts_days", s.retention.artifacts_days, 0, inf),

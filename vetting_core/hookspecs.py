@@ -139,30 +139,39 @@ def vetting_notifiers() -> Iterable[NotifierSpec]:
 def vetting_boot_providers() -> Iterable[BootProviderSpec]:
     """Register boot providers: how the orchestrator makes a host PXE-boot.
 
+    ``power_on`` is required; ``power_state``, ``power_off`` and
+    ``clear_boot_override`` are used after the verdict when present. Raise
+    :class:`vetting_core.BootError` (or ``BmcUnreachable``, ``BmcAuthFailed``,
+    ``BmcRefused``) with a message for the run; secrets are referenced, never stored in
+    the host's ``boot_config`` (built in: ``ipmi``, ``redfish``, ``wol``, ``manual``).
+
     Example::
 
-        import anyio, msgspec
-        from vetting_core import BootProviderSpec, hookimpl
+        import httpx, msgspec
+        from vetting_core import BootError, BootProviderSpec, hookimpl
+        from vetting_core.boot import read_secret
 
-        class IpmiConfig(msgspec.Struct):
-            address: str
-            username: str
-            password: str
+        class PduConfig(msgspec.Struct):
+            url: str          # a switched PDU's API
+            outlet: int
+            token_env: str    # an environment variable of the server holds its token
 
-        class IpmiBoot:
-            def __init__(self, config: IpmiConfig):
+        class PduBoot:
+            def __init__(self, config: PduConfig):
                 self.c = config
 
             async def power_on(self, host, *, boot_target="pxe"):
-                base = ["ipmitool", "-I", "lanplus", "-H", self.c.address,
-                        "-U", self.c.username, "-P", self.c.password]
-                await anyio.run_process([*base, "chassis", "bootdev", "pxe"])
-                await anyio.run_process([*base, "chassis", "power", "cycle"])
-                return f"power cycled {self.c.address} into PXE"
+                token = read_secret(env=self.c.token_env, file=None, what=f"PDU {self.c.url}")
+                async with httpx.AsyncClient() as client:
+                    r = await client.post(f"{self.c.url}/outlets/{self.c.outlet}/on",
+                                          headers={"Authorization": f"Bearer {token}"})
+                if r.status_code != 200:
+                    raise BootError(f"PDU {self.c.url} refused outlet {self.c.outlet} ({r.status_code})")
+                return f"outlet {self.c.outlet} on: {host.name} boots from the network"
 
         @hookimpl
         def vetting_boot_providers():
-            return [BootProviderSpec(kind="ipmi", factory=IpmiBoot, config_type=IpmiConfig)]
+            return [BootProviderSpec(kind="pdu", factory=PduBoot, config_type=PduConfig)]
     """
 
 

@@ -142,7 +142,16 @@ class NotifierSpec:
 
 
 class BootProvider(Protocol):
-    async def power_on(self, host: Any, *, boot_target: str) -> str: ...
+    """What the orchestrator calls. Only ``power_on`` is required; a provider that can
+    do more (a BMC) also has ``power_state``, ``power_off`` and ``clear_boot_override``,
+    and the server uses them when present. Each returns a message for the run's
+    history and raises :class:`vetting_core.boot.BootError` (or a subclass) when the
+    host could not be driven."""
+
+    async def power_on(self, host: Any, *, boot_target: str) -> str:
+        """Make the host boot ``boot_target`` ("pxe") now: power it on, or reset it
+        when it is already on."""
+        ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,7 +159,10 @@ class BootProviderSpec:
     """A way to make a host boot from the network (``wol``, ``manual``, ``ipmi``...).
 
     ``factory(config)`` gets the host's ``boot_config`` converted into ``config_type``
-    and returns an object with ``async power_on(host, boot_target=...) -> message``.
+    and returns a :class:`BootProvider`: ``async power_on(host, boot_target=...) ->
+    message``, and optionally ``async power_state(host) -> "on" | "off"``,
+    ``async power_off(host) -> message`` and ``async clear_boot_override(host) ->
+    message`` (called after the verdict).
     """
 
     kind: str

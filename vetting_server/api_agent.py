@@ -43,8 +43,7 @@ from .auth import agent_auth, agent_guard, bearer, host_agent_guard, runtime
 from .database import utcnow
 from .edge import EdgeRoute
 from .fastbody import FastBody
-from .errors import ApiError, bad_request, forbidden, not_found, unauthorized
-from .hosts import FieldError, normalize_mac
+from .errors import ApiError, bad_request, forbidden, unauthorized
 from .security import new_token, token_hash
 
 RUN = "/api/v1/runs/{run_id:int}"
@@ -181,7 +180,9 @@ class AgentController(Controller):
         run_token = new_token("vr_")
         async with rt.unit() as u:
             n = await u.tx.execute(
-                "UPDATE runs SET agent_token_hash = $3, version = version + 1, changed_at = $4 WHERE id = $1 AND agent_token_hash = $2",
+                # a token the host's own (authenticated) agent asked for: the new hello binds it afresh
+                "UPDATE runs SET agent_token_hash = $3, agent_boot_id = NULL, agent_peer = NULL, version = version + 1, "
+                "changed_at = $4 WHERE id = $1 AND agent_token_hash = $2",
                 int(run["id"]), run["agent_token_hash"], token_hash(run_token), rt.changed_now(),
             )
             if n == 1:
@@ -192,43 +193,9 @@ class AgentController(Controller):
             return HostHeartbeatReply(cmd="idle", poll_interval_s=1.0)  # a concurrent poll took it
         return HostHeartbeatReply(cmd="run", run_id=int(run["id"]), run_token=run_token, poll_interval_s=poll)
 
-    @get("/ipxe/{mac:str}", summary="Per-MAC iPXE script", media_type="text/plain")
+    @get("/ipxe/{mac:str}", summary="Per-MAC iPXE script (the run token, once per boot window)", media_type="text/plain")
     async def ipxe(self, request: Request, mac: str = Parameter(description="the booting NIC's MAC")) -> Response[str]:
-        rt = runtime(request)
-        try:
-            mac = normalize_mac(mac)
-        except FieldError as exc:
-            raise ApiError(422, str(exc), {"field": "mac"}) from None
-        host = await rt.db.fetchrow("SELECT id, name FROM hosts WHERE mac = $1", mac)
-        if host is None:
-            raise not_found(f"no host is registered with MAC {mac}")
-        run = await rt.db.fetchrow(
-            "SELECT id, agent_token_hash FROM runs WHERE host_id = $1 AND state IN ('Queued', 'WaitingBoot', 'Booting') "
-            "AND hello_at IS NULL ORDER BY id LIMIT 1",
-            int(host["id"]),
-        )
-        if run is None:
-            raise not_found(f"no run of host {host['name']} is waiting to boot")
-        token = new_token("vr_")
-        async with rt.unit() as u:
-            n = await u.tx.execute(
-                "UPDATE runs SET agent_token_hash = $3, version = version + 1, changed_at = $4 WHERE id = $1 AND agent_token_hash = $2",
-                int(run["id"]), run["agent_token_hash"], token_hash(token), rt.changed_now(),
-            )
-            u.fx.runs.add(int(run["id"]))
-            if n == 1:
-                await u.event("boot", f"iPXE script served to {mac}", run_id=int(run["id"]), host_id=int(host["id"]))
-        if n != 1:
-            raise ApiError(409, "another iPXE request for this host is being answered; retry")
-        p = rt.settings.pxe
-        params = f"vetting.server={rt.public_url} vetting.run={run['id']} vetting.token={token}"
-        script = (
-            "#!ipxe\n"
-            f"echo Vetting run {run['id']} for {host['name']}\n"
-            f"kernel {p.kernel_url or 'vmlinuz'} initrd=initrd.img boot=live {p.cmdline_extra} {params}\n"
-            f"initrd {p.initrd_url or 'initrd.img'}\n"
-            "boot\n"
-        )
+        script = await runtime(request).netboot.ipxe(mac, _peer(request))
         return Response(script, media_type="text/plain", headers={"Cache-Control": "no-store"})
 
 

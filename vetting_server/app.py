@@ -31,6 +31,9 @@ from .errors import ApiError
 from .ingest import Ingest
 from .migrate import migrate
 from .peers import PeerService
+from .bootfiles import BootFileController
+from .netboot import NetBoot
+from .power import PowerControl
 from .pxe import PxeSupervisor
 from .reporting import Reporting
 from .runs import RunService
@@ -129,6 +132,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     rt.reporting = Reporting(rt)
     rt.peers = PeerService(settings.peers)
     rt.pxe = PxeSupervisor(rt)
+    rt.power = PowerControl(rt)
+    rt.netboot = NetBoot(rt)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -170,13 +175,15 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
                 await rt.peers.close()
             await rt.db.close()
 
-    _document_errors(SystemController, AgentController, ArtifactController, HostController, RunController, EventController)
+    _document_errors(SystemController, AgentController, ArtifactController, HostController, RunController, EventController,
+                     BootFileController)
     # a subclass per app, so that two apps in one process keep their own limits
     agent = type("AgentController", (AgentController,), {"request_max_body_size": settings.server.max_agent_body_bytes})
     artifacts = type("ArtifactController", (ArtifactController,),
                      {"request_max_body_size": artifact_body_limit(settings.server.max_artifact_bytes)})
     app = VettingApp(
-        route_handlers=[SystemController, agent, artifacts, HostController, RunController, EventController],
+        route_handlers=[SystemController, agent, artifacts, HostController, RunController, EventController,
+                        BootFileController],
         lifespan=[lifespan],
         exception_handlers={
             ApiError: _api_error,

@@ -7,6 +7,8 @@ library so that an agent-only install can load every entry point.
 - ``wol``: a real Wake-on-LAN magic packet (seed: ``hosts.wol_broadcast_ip``/``wol_port``).
 - ``manual``: an operator powers the host on; the run waits in ``Booting``.
 - ``agent``: host mode — an installed ``vetting-agent host`` picks the run up.
+
+The BMC providers (``ipmi``, ``redfish``) live in :mod:`vetting_server.bmc`.
 """
 
 from __future__ import annotations
@@ -19,13 +21,9 @@ from typing import Any
 import anyio
 import msgspec
 
-from vetting_core import BootProviderSpec, hookimpl
+from vetting_core import BootError, BootProviderSpec, hookimpl
 
 _MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$", re.IGNORECASE)
-
-
-class BootError(RuntimeError):
-    pass
 
 
 def mac_bytes(mac: str) -> bytes:

@@ -317,6 +317,25 @@ def _host_id(c: Client, ref: str) -> int:
     raise SystemExit(f"vetting: no host named {ref!r}")
 
 
+def boot_options(pairs: list[str]) -> dict[str, Any]:
+    """``["address=10.0.0.7", "port=623", "efiboot=true"]`` → a boot_config; values are
+    YAML scalars (numbers and booleans typed), the server checks them against the
+    provider's config."""
+    from vetting_core.safeyaml import YamlError, load_yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"vetting: --boot-option {pair!r}: expected KEY=VALUE, e.g. --boot-option address=10.0.0.7")
+        try:
+            value = load_yaml(raw, what=f"--boot-option {key}") if raw.strip() else ""
+        except YamlError:
+            value = raw
+        out[key.strip()] = raw if isinstance(value, (dict, list)) or value is None else value
+    return out
+
+
 def cmd_host_add(args: argparse.Namespace) -> int:
     c = Client(args)
     body: dict[str, Any] = {"name": args.name, "mac": args.mac, "boot_provider": args.boot_provider, "notes": args.notes}
@@ -324,6 +343,8 @@ def cmd_host_add(args: argparse.Namespace) -> int:
         body["boot_config"] = json.loads(args.boot_config)
     if args.spec:
         body["expected_spec_yaml"] = Path(args.spec).read_text()
+    if args.boot_option:
+        body["boot_config"] = {**body.get("boot_config", {}), **boot_options(args.boot_option)}
     h = c.call("POST", "/api/v1/hosts", json=body)
     print(f"host {h['id']}: {h['name']} {h['mac']} (boot: {h['boot_provider']})")
     print(f"host agent token (shown once, for 'vetting-agent host'): {h['agent_token']}")
@@ -504,8 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     h = host.add_parser("add", help="register a host")
     h.add_argument("name")
     h.add_argument("--mac", required=True)
-    h.add_argument("--boot-provider", default="manual", help="wol, manual, agent (host mode) or a plugin's")
+    h.add_argument("--boot-provider", default="manual", help="wol, manual, agent (host mode), ipmi, redfish or a plugin's")
     h.add_argument("--boot-config", help="JSON, e.g. '{\"broadcast_ip\": \"10.0.0.255\"}'")
+    h.add_argument("--boot-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="one boot_config key (repeat), e.g. --boot-option address=10.0.0.7 "
+                        "--boot-option password_env=BMC_PW (docs/pxe.md)")
     h.add_argument("--spec", help="expected spec YAML file")
     h.add_argument("--notes", default="")
     client_opts(h)

@@ -14,8 +14,11 @@ it re-reads a ``dhcp-hostsfile`` while one of its hosts holds a lease (seen here
 - ``opts`` (``dhcp-optsfile``): per host, the boot file an iPXE client (DHCP option
   175) is given: ``<public_url>/ipxe/<mac>``, the per-MAC script that carries the
   run's token. Firmware PXE clients first get iPXE itself over TFTP
-  (``undionly.kpxe`` for BIOS, ``ipxe.efi`` for x86-64 UEFI; Debian package ``ipxe``
-  ships both under ``/usr/lib/ipxe/``: copy them into ``pxe.tftp_root``).
+  (``undionly.kpxe`` for BIOS, ``ipxe.efi`` for x86-64 UEFI): the supervisor copies
+  both from ``pxe.ipxe_dir`` (Debian package ``ipxe``: ``/usr/lib/ipxe``) into
+  ``pxe.tftp_root`` when they are not there yet. The live image's kernel and initrd
+  are served over HTTP by the server itself (:mod:`.bootfiles`), so ``vetting serve``
+  with ``pxe.enabled`` is the whole boot infrastructure.
 
 dnsmasq runs as ``pxe.user`` (default ``root``); it drops to that user before it
 serves TFTP, so with dnsmasq's own default (``nobody``) and a private data directory
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 from subprocess import DEVNULL
 from typing import Any
@@ -82,6 +86,27 @@ def render_hosts(hosts: list[dict[str, Any]], public_url: str) -> tuple[str, str
     return "\n".join(host_lines) + "\n", "\n".join(opt_lines) + "\n"
 
 
+IPXE_BINARIES = ("undionly.kpxe", "ipxe.efi")
+
+
+def install_ipxe(source: Path, tftp_root: Path) -> list[str]:
+    """Copy the iPXE binaries missing from ``tftp_root`` out of ``source``; return the
+    names still missing. A copy an operator put there is never replaced."""
+    missing = []
+    for name in IPXE_BINARIES:
+        dest = tftp_root / name
+        if dest.is_file():
+            continue
+        try:
+            tmp = dest.with_name(f".{name}.tmp")
+            shutil.copyfile(source / name, tmp)
+            os.replace(tmp, dest)
+            log.info("pxe.ipxe_installed", file=str(dest), source=str(source / name))
+        except OSError:
+            missing.append(name)
+    return missing
+
+
 def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -127,10 +152,10 @@ class PxeSupervisor:
         self.dir.mkdir(parents=True, exist_ok=True)
         tftp_root = Path(self.rt.settings.pxe.tftp_root).resolve()
         tftp_root.mkdir(parents=True, exist_ok=True)  # dnsmasq refuses to start without it
-        missing = [f for f in ("undionly.kpxe", "ipxe.efi") if not (tftp_root / f).is_file()]
+        missing = await anyio.to_thread.run_sync(install_ipxe, Path(self.rt.settings.pxe.ipxe_dir), tftp_root)
         if missing:
             log.warning("pxe.ipxe_missing", tftp_root=str(tftp_root), missing=missing,
-                        hint="apt-get install ipxe; cp /usr/lib/ipxe/{undionly.kpxe,ipxe.efi} into pxe.tftp_root")
+                        hint=f"apt-get install ipxe (it puts them in /usr/lib/ipxe), or copy them into {tftp_root}")
         conf = self.dir / "dnsmasq.conf"
         _write(conf, render_conf(self.rt.settings, self.dir))
         await self.refresh()

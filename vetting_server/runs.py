@@ -58,6 +58,7 @@ from vetting_core.thresholds import EvaluationResult, ThresholdEngine
 from .database import as_dt, iso, utcnow
 from .errors import ApiError, conflict, not_found
 from .hosts import FieldError, parse_host_spec
+from .power import KEEP, power_due
 from .runtime import Runtime, Unit
 from .security import new_token, token_hash
 
@@ -122,6 +123,9 @@ class RunService:
                 updates.setdefault("result", "cancelled")
                 if reason is not None:
                     updates.setdefault("reason", reason)
+        due = power_due(self.rt.settings, run, t.next, updates, now)
+        if due is not KEEP:
+            updates.setdefault("power_due_at", due)
         cols = list(updates)
         sets = ", ".join(f"{c} = ${i + 4}" for i, c in enumerate(cols))
         n = await u.tx.execute(
@@ -259,10 +263,17 @@ class RunService:
 
     # ---------------------------------------------------------------- agent: hello / claim
     async def hello(self, run_id: int, body: Hello, peer_ip: str | None) -> HelloReply:
+        """The agent booted. The first hello binds the run token to that agent (its boot
+        id and source address): a later hello from another boot or address is refused
+        (409) and audited, so a copied token cannot take the run over. An agent that
+        restarts within the same boot is the same agent."""
         now = utcnow()
+        peer = (peer_ip or "")[:100]
+        boot_id = body.boot_id[:100]
         fields = dict(
             hello_at=now, last_heartbeat_at=now, agent_version=body.agent_version[:100],
             agent_hostname=body.hostname[:255], agent_ip=(body.ip or peer_ip or "")[:100] or None,
+            agent_boot_id=boot_id, agent_peer=peer,
         )
         for _ in range(3):
             try:
@@ -270,6 +281,9 @@ class RunService:
                     run = await u.tx.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
                     if run is None:
                         raise not_found(f"run {run_id} not found")
+                    if run["agent_peer"] is not None and (run["agent_boot_id"] or "", run["agent_peer"]) != (boot_id, peer):
+                        bound = (run["agent_boot_id"], run["agent_peer"])
+                        break
                     try:
                         transition(run["state"], E.hello)
                     except InvalidTransition:
@@ -290,7 +304,15 @@ class RunService:
                 return HelloReply(run_id=run_id, state=new["state"], server_time=now)
             except TransitionConflict:
                 continue
-        raise conflict(f"run {run_id} is changing; retry")
+        else:
+            raise conflict(f"run {run_id} is changing; retry")
+        text = (f"hello refused: the run token is bound to the agent that said hello first (boot {bound[0] or '?'} "
+                f"from {bound[1] or '?'}); this one is boot {boot_id or '?'} from {peer or '?'} ({body.hostname})")
+        async with self.rt.unit() as u:
+            await u.event("audit.hello_refused", text, run_id=run_id, host_id=int(run["host_id"]), level="warning",
+                          data={"peer": peer, "boot_id": boot_id, "hostname": body.hostname[:255],
+                                "bound_peer": bound[1], "bound_boot_id": bound[0]})
+        raise conflict(text)
 
     async def claim(self, run_id: int, body: Claim) -> ClaimReply:
         for _ in range(3):

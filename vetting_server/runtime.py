@@ -143,6 +143,8 @@ class Runtime:
         self.scheduler: Any = None
         self.peers: Any = None  # PeerService
         self.pxe: Any = None  # PxeSupervisor
+        self.power: Any = None  # PowerControl
+        self.netboot: Any = None  # NetBoot
         self._last_full: datetime | None = None
         self._last_refresh: datetime | None = None
 

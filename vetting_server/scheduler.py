@@ -1,9 +1,12 @@
 """Background work of the server: dispatcher, watchdog, heartbeat flush, janitor.
 
 - **Dispatcher**: moves ``Queued`` runs to ``WaitingBoot`` while fewer than
-  ``dispatcher.concurrency`` runs are booting or running, then asks the host's boot
-  provider plugin to ``power_on`` (→ ``Booting``, or ``Failed`` with the provider's
-  error). Woken at once when a run is created, and every ``dispatcher.interval_s``.
+  ``dispatcher.concurrency`` runs are booting or running, opening the run's boot
+  window, then asks the host's boot provider plugin to ``power_on`` (→ ``Booting``, or
+  ``Failed`` with the provider's error; :mod:`.power`). Woken at once when a run is
+  created, and every ``dispatcher.interval_s``.
+- **Power** (every two seconds): holds that expired are released, and after a verdict
+  the host's boot override is cleared and the host powered off (:mod:`.power`).
 - **Watchdog** (every second): boot timeout (no hello within ``timeouts.boot_s``),
   heartbeat timeout (→ ``AgentLost``), stage timeout (the stage's ``timeout_s`` plus
   ``timeouts.stage_grace_s``), and runs left in ``Reporting`` by a crash. Timers
@@ -26,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 import structlog
 
 from vetting_core.statemachine import RunEventType, RunState
 
 from .database import as_dt, utcnow
+from .power import HOST_COLUMNS, window_until
 from .runtime import Runtime
 
 log = structlog.get_logger()
@@ -45,16 +48,6 @@ _STAGE_OVERDUE = {
 }
 
 
-class BootHost(msgspec.Struct, kw_only=True):
-    """What a boot provider's ``power_on(host, …)`` receives."""
-
-    id: int
-    name: str
-    mac: str
-    boot_provider: str
-    boot_config: dict[str, Any] = {}
-
-
 class Scheduler:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -65,6 +58,7 @@ class Scheduler:
             tg.start_soon(self._loop, "dispatcher", self.dispatch_once, self.rt.settings.dispatcher.interval_s, True)
             tg.start_soon(self._loop, "watchdog", self.watchdog_once, 1.0, False)
             tg.start_soon(self._loop, "heartbeats", self.flush_heartbeats, 2.0, False)
+            tg.start_soon(self._loop, "power", self.rt.power.sweep, 2.0, False)
             tg.start_soon(self._loop, "cache", self.rt.refresh_all_runs, 1.0, False)
             tg.start_soon(
                 self._loop, "janitor", self.janitor_once, self.rt.settings.retention.janitor_interval_minutes * 60, False
@@ -93,40 +87,21 @@ class Scheduler:
         if free <= 0:
             return
         queued = await self.db.fetch(
-            "SELECT r.id, h.id AS host_id, h.name, h.mac, h.boot_provider, h.boot_config_json FROM runs r "
+            f"SELECT r.id, {HOST_COLUMNS} FROM runs r "
             "JOIN hosts h ON h.id = r.host_id WHERE r.state = 'Queued' "
             "AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.host_id = r.host_id AND o.id <> r.id "
             "AND o.state IN ('WaitingBoot', 'Booting', 'Running', 'Reporting')) ORDER BY r.id LIMIT $1",
             free,
         )
         for row in queued:
-            run = await svc.apply(int(row["id"]), E.dispatch, expect={"Queued"}, message="dispatched: powering the host on")
+            run_id = int(row["id"])
+            run = await svc.apply(
+                run_id, E.dispatch, expect={"Queued"}, message="dispatched: powering the host on",
+                boot_window_until=window_until(self.rt.settings, utcnow()), ipxe_served_at=None, ipxe_served_to=None,
+            )
             if run is None:
                 continue  # another replica took it, or the agent said hello first
-            self.rt.spawn(lambda row=row: self._power_on(row))
-
-    async def _power_on(self, row: dict[str, Any]) -> None:
-        svc = self.rt.service
-        run_id = int(row["id"])
-        provider = self.rt.registry.boot_providers.get(row["boot_provider"])
-        host = BootHost(
-            id=int(row["host_id"]), name=row["name"], mac=row["mac"], boot_provider=row["boot_provider"],
-            boot_config=msgspec.json.decode(row["boot_config_json"] or "{}"),
-        )
-        if provider is None:
-            await svc.apply(run_id, E.boot_failed, expect={"WaitingBoot"},
-                            reason=f"boot provider {row['boot_provider']!r} is not installed")
-            return
-        try:
-            config = msgspec.convert(host.boot_config, provider.config_type) if provider.config_type else host.boot_config
-            with anyio.fail_after(60):
-                message = await provider.factory(config).power_on(host, boot_target="pxe")
-        except Exception as exc:
-            await svc.apply(run_id, E.boot_failed, expect={"WaitingBoot"},
-                            reason=f"boot provider {row['boot_provider']} failed: {type(exc).__name__}: {exc}")
-            return
-        await svc.apply(run_id, E.boot_requested, expect={"WaitingBoot"}, boot_message=str(message)[:2000],
-                        message=f"boot requested: {message}")
+            self.rt.spawn(lambda run_id=run_id, row=dict(row): self.rt.power.power_on(run_id, row))
 
     # ------------------------------------------------------------------ watchdog
     async def watchdog_once(self) -> None:
@@ -243,4 +218,4 @@ def monotonic() -> float:
     return time.monotonic()
 
 
-__all__ = ["BootHost", "Scheduler", "datetime"]
+__all__ = ["Scheduler", "datetime"]

@@ -78,6 +78,12 @@ class Runs(Table, tablename="runs"):
     hello_at = Timestamptz(null=True)
     last_heartbeat_at = Timestamptz(null=True)
     completed_at = Timestamptz(null=True)
+    boot_window_until = Timestamptz(null=True)
+    ipxe_served_at = Timestamptz(null=True)
+    ipxe_served_to = Text(null=True)
+    agent_boot_id = Text(null=True)
+    agent_peer = Text(null=True)
+    power_due_at = Timestamptz(null=True)
 
 
 class Stages(Table, tablename="stages"):

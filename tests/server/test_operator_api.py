@@ -109,20 +109,3 @@ async def test_series_are_downsampled(env):
     d = await env.detail(run_id)
     assert d["series"][0]["key"] == "cpu/0" and d["series"][0]["stage"] == "Alpha"
 
-
-async def test_ipxe_script_issues_a_fresh_token(env):
-    host = await env.create_host("px1", "aa:bb:cc:00:02:01")
-    run_id, old = await env.start_run(host["id"])
-    r = await env.client.get("/ipxe/AA-BB-CC-00-02-01")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    script = r.text
-    assert script.startswith("#!ipxe") and f"vetting.run={run_id}" in script
-    assert "vetting.server=http://testserver" in script
-    token = script.split("vetting.token=")[1].split()[0]
-    assert (await env.agent("POST", f"/api/v1/runs/{run_id}/hello", old, json={"agent_version": "t", "hostname": "px1"})).status_code == 401
-    r = await env.agent("POST", f"/api/v1/runs/{run_id}/hello", token, json={"agent_version": "t", "hostname": "px1", "mode": "pxe"})
-    assert r.status_code == 200
-    assert (await env.client.get("/ipxe/aa:bb:cc:00:02:01")).status_code == 404  # booted: no second script
-    assert (await env.client.get("/ipxe/aa:bb:cc:00:09:09")).status_code == 404
-    r = await env.client.get("/ipxe/not-a-mac")
-    assert r.status_code == 422 and r.json()["extra"] == {"field": "mac"}

@@ -3,6 +3,9 @@
     with veth_namespace("10.231.0.1/30", "10.231.0.2/30") as (ns, host_if, ns_if):
         ...  # host_if here (with the first address), ns_if inside ``ns``
 
+    with veth_namespace("10.231.9.1/24") as (ns, host_if, ns_if), bridged_tap(ns, ns_if) as tap:
+        ...  # a VM on ``tap`` (QEMU run with ``ip netns exec ns``) reaches host_if
+
 Needs root (and the kernel's consent); skips with the reason otherwise. Names are
 random, so concurrent tests never collide, and everything is removed afterwards.
 """
@@ -50,3 +53,32 @@ def veth_namespace(host_addr: str, ns_addr: str | None = None) -> Iterator[tuple
     finally:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@contextmanager
+def bridged_tap(ns: str, ns_if: str, tap: str = "tap0") -> Iterator[str]:
+    """A bridge inside ``ns`` joining ``ns_if`` (the namespace's end of a veth pair from
+    :func:`veth_namespace`) and a new tap device for a VM, so the VM's frames come out
+    of the pair's other end, where the test's server and dnsmasq listen. Yields the
+    tap's name (inside ``ns``: run QEMU with ``ip netns exec``). Removed afterwards
+    (deleting the namespace would too)."""
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("/dev/net/tun is missing: no tap devices here")
+
+    def sh(*argv: str) -> None:
+        subprocess.run(["ip", "-n", ns, *argv], check=True, capture_output=True)
+
+    try:
+        sh("link", "add", "br0", "type", "bridge", "forward_delay", "0")
+        sh("link", "set", ns_if, "master", "br0")
+        sh("tuntap", "add", "dev", tap, "mode", "tap")
+        sh("link", "set", tap, "master", "br0")
+        for dev in (tap, "br0"):
+            sh("link", "set", dev, "up")
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"cannot create a bridge and a tap device here: {exc.stderr.decode().strip()}")
+    try:
+        yield tap
+    finally:
+        subprocess.run(["ip", "-n", ns, "link", "del", tap], capture_output=True)
+        subprocess.run(["ip", "-n", ns, "link", "del", "br0"], capture_output=True)
