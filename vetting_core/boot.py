@@ -87,6 +87,14 @@ def check_secret_reference(env: str | None, file: str | None, plaintext: str | N
         raise msgspec.ValidationError("give exactly one of password_env and password_file - at `$.password_env`")
 
 
+def check_limits(attempts: int, timeout_s: float) -> None:
+    """For a config's ``__post_init__``: a provider's ``attempts`` and ``timeout_s``."""
+    if not 1 <= attempts <= 10:
+        raise msgspec.ValidationError("attempts must be between 1 and 10 - at `$.attempts`")
+    if not 1 <= timeout_s <= 600:
+        raise msgspec.ValidationError("timeout_s must be between 1 and 600 - at `$.timeout_s`")
+
+
 async def with_retries(
     action: Callable[[], Awaitable[T]],
     *,

@@ -74,6 +74,7 @@ class PxeSettings(_Section):
     kernel_url: str = ""  # or URLs elsewhere (instead of kernel_path/initrd_path)
     initrd_url: str = ""
     cmdline_extra: str = ""
+    router_advertisement: bool = False  # answer iPXE's IPv6 router solicitations (interface needs an IPv6 prefix)
 
 
 class BootSettings(_Section):

@@ -107,7 +107,6 @@ class BootFileController(Controller):
             try:
                 span = None if if_range and if_range != headers["ETag"] else parse_range(request.headers.get("range"), st.st_size)
             except ValueError:
-                fh.close()
                 raise ApiError(416, f"requested range not satisfiable: {name} is {st.st_size} bytes",
                                headers={"Content-Range": f"bytes */{st.st_size}"}) from None
             first, last = span if span is not None else (0, st.st_size - 1)

@@ -63,6 +63,9 @@ def render_conf(settings: Any, pxe_dir: Path) -> str:
         f"dhcp-optsfile={pxe_dir / 'opts'}",
         "dhcp-ignore=tag:!known",  # gate 1: registered MACs only
         "dhcp-match=set:ipxe,175",
+        # iPXE's "no-pxedhcp" (option 175.176): there is no ProxyDHCP server here, so
+        # iPXE need not wait for one before it takes the offer (~10 s per boot)
+        "dhcp-option=tag:ipxe,encap:175,176,1b",
         "dhcp-vendorclass=set:efi64,PXEClient:Arch:00007",
         "dhcp-vendorclass=set:efi64,PXEClient:Arch:00009",
         "dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi",
@@ -73,6 +76,11 @@ def render_conf(settings: Any, pxe_dir: Path) -> str:
         f"dhcp-leasefile={pxe_dir / 'leases'}",
         "log-dhcp",
     ]
+    if p.router_advertisement:
+        # iPXE waits ~13 s for an IPv6 router before it fetches its script when none
+        # answers (seen here); an advertisement of the interface's own prefix, from a
+        # router that is nobody's default (lifetime 0), ends that wait
+        lines += ["enable-ra", f"dhcp-range=::,constructor:{p.interface},ra-only", f"ra-param={p.interface},60,0"]
     return "\n".join(lines) + "\n"
 
 
@@ -160,7 +168,9 @@ class PxeSupervisor:
         _write(conf, render_conf(self.rt.settings, self.dir))
         await self.refresh()
         delay = self.RESTART_MIN_S
-        argv = [binary, "--keep-in-foreground", f"--conf-file={conf}", "--log-facility=-",
+        # dnsmasq writes its own log (with timestamps: the boot timeline); its stderr goes
+        # to the same file for what it says before the log is open
+        argv = [binary, "--keep-in-foreground", f"--conf-file={conf}", f"--log-facility={self.dir / 'dnsmasq.log'}",
                 f"--user={self.rt.settings.pxe.user}"]
         with open(self.dir / "dnsmasq.log", "ab") as out:
             while True:

@@ -106,3 +106,20 @@ async def test_an_unreachable_bmc_is_retried_then_named(bmc):
     with structlog.testing.capture_logs() as logs, pytest.raises(BmcUnreachable, match="after 2 attempts"):
         await provider(bmc, attempts=2).power_state()
     assert [e["retry_in_s"] for e in logs if e["event"] == "boot.retry"] == [1.0]
+
+
+async def test_the_emulator_can_drive_a_machine(tmp_path, monkeypatch):
+    """With power_on_cmd the emulated system is a process (a VM in the e2e test)."""
+    with SushyEmulator(tmp_path / "bmc", tls=False, power_on_cmd="exec sleep 300") as emu:
+        monkeypatch.setenv("BMC_PW", emu.password)
+        rf = provider(emu)
+        await rf.power_on(None)
+        wait_until(lambda: emu.powered, 10, "the machine to start")
+        first = emu.pid
+        wait_until(lambda: emu.power_state() == "On", 20, "the fake system to power on")
+        await rf.power_on(None)  # ForceRestart: a new machine
+        wait_until(lambda: emu.powered and emu.pid != first, 10, "the machine to restart")
+        wait_until(lambda: emu.power_state() == "On", 20, "the restart to finish")
+        await rf.power_off()
+        wait_until(lambda: not emu.powered, 10, "the machine to stop")
+        assert emu.calls() == ["set power 1", "set reset 1", "set power 0"]

@@ -103,3 +103,30 @@ async def test_only_registered_macs_get_an_address_and_their_ipxe_script(tmp_pat
             assert pxe.restarts == 0
         log = (Path(settings.server.data_dir) / "pxe" / "dnsmasq.log").read_text()
         assert "02:00:00:07:00:99 ignored" in log
+
+
+def test_the_fast_path_options_pass_dnsmasqs_own_check(tmp_path):
+    settings = settings_from_dict({"pxe": {"enabled": True, "interface": "lo", "dhcp_range": "10.9.0.10,10.9.0.20,1h",
+                                           "tftp_root": str(tmp_path / "tftp"), "router_advertisement": True}})
+    text = render_conf(settings, tmp_path)
+    assert "dhcp-option=tag:ipxe,encap:175,176,1b" in text  # iPXE: no ProxyDHCP wait
+    assert "enable-ra" in text and "ra-param=lo,60,0" in text  # a router that is nobody's default
+    conf = tmp_path / "dnsmasq.conf"
+    conf.write_text(text)
+    res = subprocess.run(["dnsmasq", "--test", f"--conf-file={conf}"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0 and "syntax check OK" in res.stderr, res.stderr
+
+
+def test_ipxe_binaries_are_installed_into_the_tftp_root(tmp_path):
+    from vetting_server.pxe import install_ipxe
+
+    source, root = tmp_path / "ipxe", tmp_path / "tftp"
+    source.mkdir()
+    root.mkdir()
+    (source / "undionly.kpxe").write_bytes(b"bios")
+    (source / "ipxe.efi").write_bytes(b"uefi")
+    (root / "ipxe.efi").write_bytes(b"the operator's own build")
+    assert install_ipxe(source, root) == []
+    assert (root / "undionly.kpxe").read_bytes() == b"bios"
+    assert (root / "ipxe.efi").read_bytes() == b"the operator's own build"  # never replaced
+    assert install_ipxe(tmp_path / "nowhere", tmp_path / "empty-root-that-exists-not") == ["undionly.kpxe", "ipxe.efi"]

@@ -5,9 +5,10 @@
         bmc.powered                           # is the "machine" running?
         bmc.calls()                           # what ipmi_sim asked the chassis hook
 
-    with SushyEmulator(tmp_path / "rf", mac="52:54:00:12:34:56") as rf:
+    with SushyEmulator(tmp_path / "rf", power_on_cmd="exec qemu-system-x86_64 …") as rf:
         rf.config(password_file=...)          # a ``redfish`` boot_config
         rf.system()                           # the ComputerSystem resource (JSON)
+        rf.powered                            # with power_on_cmd: as IpmiSim
 
 :class:`IpmiSim` runs OpenIPMI's ``ipmi_sim`` (Debian ``openipmi``) with one
 administrator; its chassis power goes through ``chassis_control.sh`` (next to this
@@ -20,12 +21,15 @@ both are stopped (with what they started) when the block ends.
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +58,70 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(5)
 
 
-class IpmiSim:
+class EmulatedBmc:
+    """An emulator run for a ``with`` block (``start()``, ``stop()``), and what its
+    chassis hook (``chassis_control.sh``) did, read from the hook's state folder
+    ``self.state``: the "machine" is the process the hook started."""
+
+    state: Path
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((self.state / "pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def powered(self) -> bool:
+        pid = self.pid
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    @property
+    def boot_device(self) -> str:
+        try:
+            return (self.state / "boot").read_text().strip()
+        except OSError:
+            return "default"
+
+    def calls(self) -> list[str]:
+        try:
+            return (self.state / "calls.log").read_text().splitlines()
+        except OSError:
+            return []
+
+    def power_off_machine(self) -> None:
+        """Kill the machine process (what the hook's power off does), for teardown."""
+        pid = self.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        (self.state / "pid").unlink(missing_ok=True)
+
+
+class IpmiSim(EmulatedBmc):
     def __init__(self, directory: Path, *, password: str = "s3cret", power_on_cmd: str | None = None) -> None:
         for tool in ("ipmi_sim", "ipmitool"):
             if shutil.which(tool) is None:
@@ -120,69 +187,50 @@ class IpmiSim:
         """A boot_config for the ``ipmi`` provider (give password_env or password_file)."""
         return {"address": "127.0.0.1", "port": self.port, "username": IPMI_USER, "cipher_suite": 3, **kw}
 
-    # -- what the chassis hook saw ------------------------------------------------
-    @property
-    def pid(self) -> int | None:
-        try:
-            return int((self.state / "pid").read_text())
-        except (OSError, ValueError):
-            return None
-
-    @property
-    def powered(self) -> bool:
-        pid = self.pid
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-    @property
-    def boot_device(self) -> str:
-        try:
-            return (self.state / "boot").read_text().strip()
-        except OSError:
-            return "default"
-
-    def calls(self) -> list[str]:
-        try:
-            return (self.state / "calls.log").read_text().splitlines()
-        except OSError:
-            return []
-
-    def power_off_machine(self) -> None:
-        """Kill the machine process (what the hook's power off does), for teardown."""
-        pid = self.pid
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-        (self.state / "pid").unlink(missing_ok=True)
-
     def stop(self) -> None:
         self.power_off_machine()
         _stop(self.proc)
 
-    def __enter__(self) -> IpmiSim:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+class _PowerNotifications(http.server.BaseHTTPRequestHandler):
+    """Receives the fake driver's external notifications (a PUT of the system's state on
+    every change) and drives the machine through ``chassis_control.sh``."""
+
+    def do_PUT(self) -> None:  # noqa: N802 (http.server's name)
+        system = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        pending = (system.get("pending_power") or {}).get("power_state")
+        state = self.server.state  # type: ignore[attr-defined]
+        if pending and "Restart" in pending:
+            action = ["reset", "1"]
+        elif pending == "On":
+            action = ["power", "1"]
+        elif pending == "Off":
+            action = ["power", "0"]
+        else:
+            action = []
+        if action:
+            subprocess.run([str(CHASSIS_CONTROL), str(state), "set", *action], check=False, timeout=30)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
-class SushyEmulator:
+class SushyEmulator(EmulatedBmc):
     """``sushy-emulator`` (PyPI ``sushy-tools``) with its fake driver: one ComputerSystem
     whose power changes take effect 1–11 s after the request, as on hardware (the
     driver's own delay), behind HTTP Basic authentication, over HTTPS with a fresh
-    self-signed certificate (``tls=True``, the default) or plain HTTP."""
+    self-signed certificate (``tls=True``, the default) or plain HTTP.
+
+    With ``power_on_cmd`` the system is a machine too: the driver's external
+    notifications (a PUT on each change) reach a receiver here that starts the command
+    when a power-on is accepted, kills it on power off and restarts it on a reset, with
+    the same hook and the same observables (``powered``, ``pid``, ``calls()``) as
+    :class:`IpmiSim`."""
 
     def __init__(self, directory: Path, *, mac: str = "52:54:00:00:00:01", password: str = "s3cret",
-                 tls: bool = True, allow_power_off: bool = True) -> None:
+                 tls: bool = True, allow_power_off: bool = True, power_on_cmd: str | None = None) -> None:
         self.exe = Path(sys.executable).with_name("sushy-emulator")
         if not self.exe.exists():
             pytest.skip("sushy-emulator is not installed (pip install sushy-tools: the test extra)")
@@ -219,11 +267,24 @@ class SushyEmulator:
             )
             conf["SUSHY_EMULATOR_SSL_CERT"] = str(self.cert)
             conf["SUSHY_EMULATOR_SSL_KEY"] = str(self.dir / "bmc.key")
+        self.state = self.dir / "chassis"
+        self.state.mkdir(exist_ok=True)
+        self.receiver: http.server.HTTPServer | None = None
+        self._serving: threading.Thread | None = None
+        if power_on_cmd is not None:
+            (self.state / "power_on_cmd").write_text(power_on_cmd)
+            self.receiver = http.server.HTTPServer(("127.0.0.1", 0), _PowerNotifications)
+            self.receiver.state = self.state  # type: ignore[attr-defined]
+            conf["SUSHY_EMULATOR_FAKE_SYSTEMS"][0]["external_notifier"] = True
+            conf["EXTERNAL_NOTIFICATION_URL"] = f"http://127.0.0.1:{self.receiver.server_port}/"
         (self.dir / "emulator.conf").write_text("".join(f"{k} = {v!r}\n" for k, v in conf.items()))
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.system_path = f"/redfish/v1/Systems/{self.uuid}"
 
     def start(self) -> SushyEmulator:
+        if self.receiver is not None:
+            self._serving = threading.Thread(target=self.receiver.serve_forever, daemon=True)
+            self._serving.start()
         self.proc = subprocess.Popen(
             [str(self.exe), "--config", str(self.dir / "emulator.conf")],
             stdin=subprocess.DEVNULL, stdout=open(self.dir / "emulator.log", "ab"), stderr=subprocess.STDOUT,
@@ -268,16 +329,11 @@ class SushyEmulator:
 
     def stop(self) -> None:
         _stop(self.proc)
-
-    def __enter__(self) -> SushyEmulator:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        if self.receiver is not None:
+            if self._serving is not None:
+                self.receiver.shutdown()  # waits for serve_forever: only once it runs
+            self.receiver.server_close()
+        self.power_off_machine()
 
 
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -291,4 +347,4 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1)
         time.sleep(interval)
 
 
-__all__ = ["IpmiSim", "SushyEmulator", "free_port", "wait_until"]
+__all__ = ["EmulatedBmc", "IpmiSim", "SushyEmulator", "free_port", "wait_until"]

@@ -6,8 +6,9 @@
 
 A diskless machine with one virtio NIC on ``tap``, booting only from it: ``bios``
 (SeaBIOS, whose NIC option ROM is iPXE from Debian's ``ipxe-qemu``: it asks DHCP as
-iPXE at once) or ``uefi`` (OVMF from Debian's ``ovmf``: the firmware's own PXE client
-fetches ``ipxe.efi`` over TFTP first, then iPXE asks again). TCG only (KVM does not
+iPXE at once) or ``uefi`` (OVMF from Debian's ``ovmf``, the NIC without option ROM:
+the firmware's own PXE client fetches ``ipxe.efi`` over TFTP first, then iPXE asks
+again). TCG only (KVM does not
 run guests on these machines); the serial console goes to ``console``; the machine
 exits when the guest powers off (``-no-reboot`` turns a reboot or a kernel panic
 into an exit too); ``timeout`` bounds it whatever happens. ``require_qemu`` skips the
@@ -37,12 +38,19 @@ def require_qemu(firmware: str) -> None:
 
 
 def pxe_vm_argv(*, firmware: str, mac: str, tap: str, console: Path, workdir: Path, memory_mb: int = 512,
-                limit_s: int = 240, extra: tuple[str, ...] = ()) -> list[str]:
+                limit_s: int = 240, ipxe_rom: bool | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    """``ipxe_rom``: the NIC carries iPXE as its option ROM (default for ``bios``: SeaBIOS
+    has no network boot of its own); without it (default for ``uefi``) the firmware's
+    own PXE client boots, as on most servers, and fetches ``ipxe.efi`` over TFTP."""
+    if ipxe_rom is None:
+        ipxe_rom = firmware == "bios"
     argv = ["timeout", "--kill-after=5", str(limit_s), QEMU, "-name", f"vetting-pxe-{firmware}",
             "-machine", "q35" if firmware == "uefi" else "pc", "-accel", "tcg", "-m", str(memory_mb), "-smp", "1",
             "-display", "none", "-monitor", "none", "-serial", f"file:{console}", "-no-reboot",
             "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=n0,mac={mac},bootindex=1,romfile={VIRTIO_ROM}"]
+            # the ROM QEMU finds itself (Debian: /usr/lib/ipxe/qemu/efi-virtio.rom); a romfile= with
+            # that very path leaves SeaBIOS without the NIC's option ROM (QEMU 7.2, seen here)
+            "-device", f"virtio-net-pci,netdev=n0,mac={mac},bootindex=1" + ("" if ipxe_rom else ",romfile=")]
     if firmware == "uefi":
         vars_fd = workdir / "OVMF_VARS.fd"
         shutil.copyfile(OVMF_VARS, vars_fd)  # the machine's own NVRAM, fresh each boot

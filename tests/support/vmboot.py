@@ -11,11 +11,13 @@ machine, which would make the test depend on where it runs. The cloud flavour is
 
 ``python -m tests.support.vmboot`` fetches it (``.ci/run`` does, before the tests;
 it needs the Debian mirror, the tests do not): the cache is
-``$VETTING_VM_CACHE`` or ``~/.cache/vetting/vm``, one folder per package version,
-``current`` pointing at the newest.
+``$VETTING_VM_CACHE`` or ``~/.cache/vetting/vm``, one folder per pair of package
+versions, ``current`` pointing at the newest.
 
 **The initramfs** is a newc cpio (written here, no ``cpio`` tool needed) holding
-static busybox (Debian ``busybox-static``), the virtio-net modules in load order and
+static busybox (Debian ``busybox-static``, unpacked the same way into the cache: as a
+package it would replace the dynamic ``busybox`` the stages' tests use), the
+virtio-net modules in load order and
 ``/init``, which: prints ``/proc/cmdline`` to the serial console, brings the NIC up
 with DHCP, reads ``vetting.server``, ``vetting.run`` and ``vetting.token`` from the
 command line, POSTs the agent's ``hello`` with that token — so the server itself says
@@ -35,9 +37,9 @@ import tempfile
 from pathlib import Path
 
 PACKAGE = "linux-image-cloud-amd64"
+BUSYBOX_PACKAGE = "busybox-static"  # unpacked, not installed: it conflicts with the busybox the stages use
 NIC_MODULES = ("virtio_net", "virtio_pci")  # and what they depend on
 CACHE = Path(os.environ.get("VETTING_VM_CACHE") or Path.home() / ".cache" / "vetting" / "vm")
-BUSYBOX = Path("/bin/busybox")
 
 INIT = r"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run
@@ -46,6 +48,7 @@ INIT = r"""#!/bin/busybox sh
 /bin/busybox mount -t devtmpfs devtmpfs /dev
 /bin/busybox --install -s /bin
 export PATH=/bin
+hostname -F /etc/hostname
 say() { echo "vetting-initramfs: $*"; }
 say "cmdline: $(cat /proc/cmdline)"
 for m in $(cat /lib/modules/order); do insmod "/lib/modules/$m.ko" || say "insmod $m failed"; done
@@ -91,10 +94,13 @@ exit 0
 
 
 class Kernel:
+    """A cache folder: ``vmlinuz``, ``modules/`` (and ``modules/order``), ``busybox``."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.vmlinuz = root / "vmlinuz"
         self.modules = root / "modules"
+        self.busybox = root / "busybox"
         self.version = root.name
 
     @property
@@ -107,7 +113,7 @@ def cached_kernel() -> Kernel | None:
     if not current.exists():
         return None
     k = Kernel(current.resolve())
-    return k if k.vmlinuz.is_file() and (k.modules / "order").is_file() else None
+    return k if k.vmlinuz.is_file() and (k.modules / "order").is_file() and k.busybox.is_file() else None
 
 
 def _depends(ko: Path) -> list[str]:
@@ -139,27 +145,38 @@ def _sh(*argv: str, cwd: Path | None = None) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True, cwd=cwd).stdout
 
 
+def _version(package: str) -> str:
+    return _sh("apt-cache", "show", "--no-all-versions", package).split("Version: ", 1)[1].split()[0]
+
+
+def _unpack(package: str, version: str, work: Path) -> Path:
+    """``apt-get download`` + ``dpkg -x``: the package's files under the returned folder."""
+    _sh("apt-get", "download", "-q", f"{package}={version}", cwd=work)
+    tree = work / package
+    _sh("dpkg", "-x", str(next(work.glob(f"{package}_*.deb"))), str(tree))
+    return tree
+
+
 def fetch() -> Kernel:
-    """Download and unpack Debian's cloud kernel into the cache (idempotent)."""
+    """Download and unpack Debian's cloud kernel and static busybox into the cache (idempotent)."""
     depends = _sh("apt-cache", "depends", PACKAGE)
     if "Depends:" not in depends:
         _sh("apt-get", "update", "-qq")
         depends = _sh("apt-cache", "depends", PACKAGE)
     image = next(ln.split()[-1] for ln in depends.splitlines() if "Depends: linux-image-" in ln)
-    version = _sh("apt-cache", "show", "--no-all-versions", image).split("Version: ", 1)[1].split()[0]
-    root = CACHE / f"{image}_{version}"
-    if not (root / "modules" / "order").is_file():
+    image_version, busybox_version = _version(image), _version(BUSYBOX_PACKAGE)
+    root = CACHE / f"{image}_{image_version}+busybox_{busybox_version}".replace(":", "%3a")  # as .deb names do
+    if cached_kernel() is None or cached_kernel().root != root:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            _sh("apt-get", "download", "-q", f"{image}={version}", cwd=work)
-            deb = next(work.glob("*.deb"))
-            _sh("dpkg", "-x", str(deb), str(work / "x"))
+            kernel = _unpack(image, image_version, work)
             (root / "modules").mkdir(parents=True, exist_ok=True)
-            shutil.copy(next((work / "x" / "boot").glob("vmlinuz-*")), root / "vmlinuz")
-            order = _load_order(work / "x" / "lib" / "modules", NIC_MODULES)
+            shutil.copy(next((kernel / "boot").glob("vmlinuz-*")), root / "vmlinuz")
+            order = _load_order(kernel / "lib" / "modules", NIC_MODULES)
             for ko in order:
                 shutil.copy(ko, root / "modules" / ko.name)
             (root / "modules" / "order").write_text("\n".join(p.name.removesuffix(".ko") for p in order) + "\n")
+            shutil.copy(_unpack(BUSYBOX_PACKAGE, busybox_version, work) / "bin" / "busybox", root / "busybox")
     current = CACHE / "current"
     tmp_link = CACHE / ".current.tmp"
     tmp_link.unlink(missing_ok=True)
@@ -193,8 +210,8 @@ def _static_elf(path: Path) -> bool:
 
 def build_initramfs(kernel: Kernel, dest: Path) -> Path:
     """The gzip'd newc cpio described in the module docstring, at ``dest``."""
-    if not _static_elf(BUSYBOX):
-        raise RuntimeError(f"{BUSYBOX} is not a static busybox (Debian package busybox-static)")
+    if not _static_elf(kernel.busybox):
+        raise RuntimeError(f"{kernel.busybox} is not a static busybox (Debian package busybox-static)")
     entries: list[bytes] = []
     ino = 1
 
@@ -206,7 +223,7 @@ def build_initramfs(kernel: Kernel, dest: Path) -> Path:
     for d in ("bin", "dev", "proc", "sys", "tmp", "run", "lib", "lib/modules", "etc"):
         add(d, stat.S_IFDIR | 0o755)
     add("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))  # the kernel opens it before /init runs
-    add("bin/busybox", stat.S_IFREG | 0o755, BUSYBOX.read_bytes())
+    add("bin/busybox", stat.S_IFREG | 0o755, kernel.busybox.read_bytes())
     add("bin/sh", stat.S_IFLNK | 0o777, b"busybox")
     add("init", stat.S_IFREG | 0o755, INIT.encode())
     add("bin/dhcp-script", stat.S_IFREG | 0o755, DHCP_SCRIPT.encode())

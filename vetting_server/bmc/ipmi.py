@@ -30,7 +30,7 @@ from typing import Any, Literal
 import msgspec
 
 from vetting_core import BmcAuthFailed, BmcRefused, BmcUnreachable, BootError, BootProviderSpec, hookimpl
-from vetting_core.boot import check_secret_reference, read_secret, with_retries
+from vetting_core.boot import check_limits, check_secret_reference, read_secret, with_retries
 from vetting_core.tools import ToolNotFound, ToolResult, run_tool
 
 _ADDRESS = re.compile(r"^[A-Za-z0-9.:_\[\]-]+$")
@@ -59,10 +59,7 @@ class IpmiConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise msgspec.ValidationError(f"port {self.port} out of range - at `$.port`")
         if self.cipher_suite is not None and not 0 <= self.cipher_suite <= 255:
             raise msgspec.ValidationError(f"cipher_suite {self.cipher_suite} out of range - at `$.cipher_suite`")
-        if not 1 <= self.attempts <= 10:
-            raise msgspec.ValidationError(f"attempts must be between 1 and 10 - at `$.attempts`")
-        if not 1 <= self.timeout_s <= 600:
-            raise msgspec.ValidationError(f"timeout_s must be between 1 and 600 - at `$.timeout_s`")
+        check_limits(self.attempts, self.timeout_s)
 
 
 def ipmitool_argv(c: IpmiConfig, *command: str) -> list[str]:

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from vetting_core import BmcAuthFailed, BmcRefused, BmcUnreachable, BootError, BootProviderSpec, hookimpl
-from vetting_core.boot import check_secret_reference, read_secret, with_retries
+from vetting_core.boot import check_limits, check_secret_reference, read_secret, with_retries
 
 
 class RedfishConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -48,10 +48,7 @@ class RedfishConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         url = urlsplit(self.base_url)
         if url.scheme not in ("https", "http") or not url.hostname or url.path not in ("", "/") or url.query:
             raise msgspec.ValidationError(f"address {self.address!r} is not a BMC address like https://10.0.0.7 - at `$.address`")
-        if not 1 <= self.attempts <= 10:
-            raise msgspec.ValidationError("attempts must be between 1 and 10 - at `$.attempts`")
-        if not 1 <= self.timeout_s <= 600:
-            raise msgspec.ValidationError("timeout_s must be between 1 and 600 - at `$.timeout_s`")
+        check_limits(self.attempts, self.timeout_s)
 
     @property
     def base_url(self) -> str:
