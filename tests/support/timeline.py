@@ -83,14 +83,15 @@ def boot_timeline(lines: Iterable[tuple[float, str, str]], events: list[dict[str
         rx = re.compile(pattern)
         return next((_at(e) for e in events if rx.search(e.get("message", ""))), None)
 
-    power_on = event(r"powered on|power cycled")
+    # the boot provider's power-on was accepted (WaitingBoot -> Booting)
+    power_on = next((_at(e) for e in events if (e.get("data") or {}).get("event") == "boot_requested"), None)
     if power_on is None:
         return []
     mac_rx = re.escape(mac.lower())
     steps = [
         ("DHCP offer", line("dnsmasq", rf"DHCPOFFER\(\S+\) \S+ {mac_rx}")),
         ("DHCP ack", line("dnsmasq", rf"DHCPACK\(\S+\) \S+ {mac_rx}")),
-        ("iPXE script served", event(r"iPXE script served")),
+        ("iPXE script served", event(r"iPXE script .*served to")),
         ("kernel started", line("console", r"Linux version \d")),
         ("initrd unpacked", line("console", r"Freeing initrd memory|Run /init as init process|systemd\[1\]: systemd \d")),
         ("network online", line("console", r"Reached target .*network-online|vetting-agent.*start")),
