@@ -34,6 +34,8 @@ import re
 import shlex
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ from tests.support.liveimage import LiveImage, ensure_image
 from tests.support.netns import bridged_tap, veth_namespace
 from tests.support.server import ServerProcess, free_port
 from tests.support.timeline import Tail, boot_timeline, format_timeline
-from tests.support.vm import QEMU, in_namespace, pxe_vm_argv, require_qemu
+from tests.support.vm import in_namespace, pxe_vm_argv, require_qemu
 
 # a whole vetting under TCG: minutes, not the suite's default 300 s per test
 pytestmark = [pytest.mark.e2e, pytest.mark.vm, pytest.mark.root, pytest.mark.timeout(1200)]
@@ -210,57 +212,54 @@ def save_timeline(tmp_path: Path, name: str, tail: Tail, evs: list[dict[str, Any
     return steps
 
 
-def test_ipmi_host_is_pxe_booted_vetted_and_switched_off(tmp_path, live_image, capsys):
+@contextmanager
+def emulated_bmc(kind: str, tmp_path: Path, mac: str, vm: list[str]) -> Iterator[tuple[Any, dict[str, Any], dict[str, str]]]:
+    """(the emulator, the host's boot_config, the server's environment) for ``kind``;
+    the emulator starts ``vm`` on power on and kills it on power off."""
+    power_on_cmd = f"exec {shlex.join(vm)}"
+    if kind == "ipmi":
+        with IpmiSim(tmp_path / "bmc", power_on_cmd=power_on_cmd) as bmc:
+            yield bmc, bmc.config(password_env="BMC_PW"), {"BMC_PW": bmc.password}
+    else:
+        with SushyEmulator(tmp_path / "bmc", mac=mac, power_on_cmd=power_on_cmd) as bmc:
+            pw = tmp_path / "bmc.pw"
+            pw.write_text(bmc.password)
+            yield bmc, bmc.config(password_file=str(pw)), {}
+
+
+def boot_override(kind: str, bmc: Any) -> str:
+    """The BMC's next-boot override, as ``pxe`` or ``none``."""
+    if kind == "ipmi":
+        return bmc.boot_device
+    # sushy's fake driver keeps the target but reports Continuous whatever it is told
+    return {"Pxe": "pxe", "None": "none"}.get(bmc.system()["Boot"]["BootSourceOverrideTarget"], "other")
+
+
+@pytest.mark.parametrize("kind", ["ipmi", "redfish"])
+def test_a_host_is_pxe_booted_through_its_bmc_vetted_and_switched_off(tmp_path, live_image, kind, capsys):
     started = time.monotonic()
-    subnet, mac = "10.231.18", "52:54:00:18:00:01"
+    subnet = {"ipmi": "10.231.18", "redfish": "10.231.19"}[kind]
+    mac = f"52:54:00:{subnet.split('.')[-1]}:00:01"
     console = tmp_path / "console.log"
     disks = make_disks(tmp_path)
     before = {n: sha256(p) for n, p in disks.items()}
     with veth_namespace(f"{subnet}.1/24") as (ns, host_if, ns_if), bridged_tap(ns, ns_if) as tap:
         vm = in_namespace(ns, pxe_vm_argv(firmware="bios", mac=mac, tap=tap, console=console, workdir=tmp_path,
                                           memory_mb=1536, limit_s=VM_LIMIT_S, extra=disk_args(disks)))
-        with IpmiSim(tmp_path / "bmc", power_on_cmd=f"exec {shlex.join(vm)}") as bmc, \
-                serve(tmp_path, subnet, host_if, live_image, env={"BMC_PW": bmc.password}) as srv, \
+        with emulated_bmc(kind, tmp_path, mac, vm) as (bmc, boot_config, env), \
+                serve(tmp_path, subnet, host_if, live_image, env=env) as srv, \
                 Tail({"console": console, "dnsmasq": srv.data_dir / "pxe" / "dnsmasq.log"}) as tail:
-            run_id = start_vetting(srv, "e2e-ipmi", mac, bmc.config(password_env="BMC_PW"), tmp_path, "ipmi")
+            run_id = start_vetting(srv, f"e2e-{kind}", mac, boot_config, tmp_path, kind)
             wait_until(lambda: bmc.powered, 60, "the BMC to power the VM on")
-            assert bmc.boot_device == "pxe"
+            assert boot_override(kind, bmc) == "pxe"
             done = vet(srv, run_id, disks, before, console)
             wait_until(lambda: not bmc.powered, 60, "the VM to be powered off")
-            wait_until(lambda: bmc.boot_device == "none", 30, "the boot override to be cleared")
+            wait_until(lambda: boot_override(kind, bmc) == "none", 30, "the boot override to be cleared")
             evs = events(srv, run_id)
             check_verdicts(srv, run_id, done, disks, before)
     assert states(evs) == ["Queued", "WaitingBoot", "Booting", "Running", "Failed", "FailedHolding", "Running",
                            "Reporting", "Completed"], states(evs)
-    steps = save_timeline(tmp_path, "ipmi", tail, evs, mac, time.monotonic() - started)
+    assert any(e["message"].startswith("after the verdict (Completed)") for e in evs), [e["message"] for e in evs]
+    steps = save_timeline(tmp_path, kind, tail, evs, mac, time.monotonic() - started)
     with capsys.disabled():
-        print(f"\n[e2e ipmi] {time.monotonic() - started:.0f} s; boot timeline:\n{format_timeline(steps)}")
-
-
-def test_redfish_host_is_pxe_booted_vetted_and_switched_off(tmp_path, live_image, capsys):
-    started = time.monotonic()
-    subnet, mac = "10.231.19", "52:54:00:19:00:01"
-    console = tmp_path / "console.log"
-    disks = make_disks(tmp_path)
-    before = {n: sha256(p) for n, p in disks.items()}
-    with veth_namespace(f"{subnet}.1/24") as (ns, host_if, ns_if), bridged_tap(ns, ns_if) as tap:
-        vm = in_namespace(ns, pxe_vm_argv(firmware="bios", mac=mac, tap=tap, console=console, workdir=tmp_path,
-                                          memory_mb=1536, limit_s=VM_LIMIT_S, extra=disk_args(disks)))
-        pw = tmp_path / "bmc.pw"
-        with SushyEmulator(tmp_path / "bmc", mac=mac, power_on_cmd=f"exec {shlex.join(vm)}") as rf, \
-                serve(tmp_path, subnet, host_if, live_image, env={}) as srv, \
-                Tail({"console": console, "dnsmasq": srv.data_dir / "pxe" / "dnsmasq.log"}) as tail:
-            pw.write_text(rf.password)
-            run_id = start_vetting(srv, "e2e-redfish", mac, rf.config(password_file=str(pw)), tmp_path, "redfish")
-            wait_until(lambda: rf.powered, 60, "the BMC to power the VM on")
-            # the emulator keeps the target but reports Continuous whatever it is told
-            assert rf.system()["Boot"]["BootSourceOverrideTarget"] == "Pxe"
-            done = vet(srv, run_id, disks, before, console)
-            wait_until(lambda: not rf.powered, 60, "the VM to be powered off")
-            wait_until(lambda: rf.system()["Boot"]["BootSourceOverrideTarget"] == "None", 30,
-                       "the boot override to be cleared")
-            evs = events(srv, run_id)
-            check_verdicts(srv, run_id, done, disks, before)
-    steps = save_timeline(tmp_path, "redfish", tail, evs, mac, time.monotonic() - started)
-    with capsys.disabled():
-        print(f"\n[e2e redfish] {time.monotonic() - started:.0f} s; boot timeline:\n{format_timeline(steps)}")
+        print(f"\n[e2e {kind}] {time.monotonic() - started:.0f} s; boot timeline:\n{format_timeline(steps)}")
