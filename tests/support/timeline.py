@@ -104,6 +104,6 @@ def boot_timeline(lines: Iterable[tuple[float, str, str]], events: list[dict[str
 def format_timeline(steps: list[tuple[str, float]]) -> str:
     out, prev = [], 0.0
     for name, t in steps:
-        out.append(f"  {name:<20} {t:7.1f} s   (+{t - prev:5.1f})")
+        out.append(f"  {name:<20} {t:7.1f} s   (+{max(0.0, t - prev):5.1f})")
         prev = t
     return "\n".join(out)
