@@ -3,10 +3,11 @@
     image = ensure_image()          # builds with `make -C live-image` only when missing
     image.kernel, image.initrd, image.packages
 
-The cache key is a SHA-256 over what goes into the image: the tracked files of
-``live-image/`` and ``pyproject.toml``, and the packages the agent imports (the
-agent, the core, and every module the ``vetting`` entry points name, which the agent's
-plugin loader imports too). A change to the server alone does not rebuild the image.
+The cache key is a SHA-256 over what goes into the image: the tracked files (as they
+are in the working tree) of ``live-image/``, ``pyproject.toml`` and the packages the
+agent imports (its own, the core, the report writers, the packages of the ``vetting``
+entry points, which its plugin loader imports, and of the server only the modules an
+entry point names). A change to the server alone does not rebuild the image.
 The cache is ``$VETTING_LIVE_CACHE`` or ``/var/cache/vetting-live``: one folder per key
 (the three newest are kept) and the unpacked mkosi; with mkosi's own package cache
 (``/var/cache/mkosi``) a fresh clone in CI downloads nothing twice.
@@ -84,7 +85,8 @@ def image_key() -> str:
 
 
 def cached_image() -> LiveImage | None:
-    image = LiveImage(CACHE / image_key(), image_key())
+    key = image_key()
+    image = LiveImage(CACHE / key, key)
     return image if all((image.dir / a).is_file() for a in ARTIFACTS) else None
 
 

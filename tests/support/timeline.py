@@ -5,10 +5,11 @@
     steps = boot_timeline(tail.lines, run_events, mac=mac)
 
 :class:`Tail` polls files (a QEMU ``-serial file:`` console, dnsmasq's log) every
-50 ms and stamps each new line with the wall clock, since neither writes times of
-its own. :func:`boot_timeline` picks the milestones out of those lines and the
-run's events (which the server stamps): power-on → DHCP → iPXE script → kernel →
-agent hello → claim, each in seconds after the power-on. ``bench/pxe_boot.py``
+50 ms and stamps each new line with the wall clock: the console has no times of the
+host's, dnsmasq's are to the second. :func:`boot_timeline` picks the milestones out
+of those lines and the run's events (which the server stamps): power-on (the boot
+provider's power-on accepted) → DHCP → iPXE script → kernel → agent hello → claim,
+each in seconds after the power-on. ``bench/pxe_boot.py``
 prints it; the end-to-end tests write it as ``timeline.json``.
 """
 
@@ -60,10 +61,6 @@ class Tail:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
-
-    def first(self, tag: str, pattern: str) -> float | None:
-        rx = re.compile(pattern)
-        return next((t for t, g, line in list(self.lines) if g == tag and rx.search(line)), None)
 
 
 def _at(event: dict[str, Any]) -> float:
