@@ -12,7 +12,7 @@ machine, which would make the test depend on where it runs. The cloud flavour is
 ``python -m tests.support.vmboot`` fetches it (``.ci/run`` does, before the tests;
 it needs the Debian mirror, the tests do not): the cache is
 ``$VETTING_VM_CACHE`` or ``~/.cache/vetting/vm``, one folder per pair of package
-versions, ``current`` pointing at the newest.
+versions (marked ``.complete`` once whole); the tests take the newest.
 
 **The initramfs** is a newc cpio (written here, no ``cpio`` tool needed) holding
 static busybox (Debian ``busybox-static``, unpacked the same way into the cache: as a
@@ -104,16 +104,18 @@ class Kernel:
         self.version = root.name
 
     @property
+    def complete(self) -> bool:
+        return (self.root / ".complete").is_file()
+
+    @property
     def module_order(self) -> list[str]:
         return (self.modules / "order").read_text().split()
 
 
 def cached_kernel() -> Kernel | None:
-    current = CACHE / "current"
-    if not current.exists():
-        return None
-    k = Kernel(current.resolve())
-    return k if k.vmlinuz.is_file() and (k.modules / "order").is_file() and k.busybox.is_file() else None
+    """The newest complete folder of the cache (several checkouts may share it)."""
+    complete = [k for k in map(Kernel, CACHE.glob("linux-image-*")) if k.complete]
+    return max(complete, key=lambda k: (k.root / ".complete").stat().st_mtime, default=None)
 
 
 def _depends(ko: Path) -> list[str]:
@@ -166,7 +168,7 @@ def fetch() -> Kernel:
     image = next(ln.split()[-1] for ln in depends.splitlines() if "Depends: linux-image-" in ln)
     image_version, busybox_version = _version(image), _version(BUSYBOX_PACKAGE)
     root = CACHE / f"{image}_{image_version}+busybox_{busybox_version}".replace(":", "%3a")  # as .deb names do
-    if cached_kernel() is None or cached_kernel().root != root:
+    if not Kernel(root).complete:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             kernel = _unpack(image, image_version, work)
@@ -177,11 +179,7 @@ def fetch() -> Kernel:
                 shutil.copy(ko, root / "modules" / ko.name)
             (root / "modules" / "order").write_text("\n".join(p.name.removesuffix(".ko") for p in order) + "\n")
             shutil.copy(_unpack(BUSYBOX_PACKAGE, busybox_version, work) / "bin" / "busybox", root / "busybox")
-    current = CACHE / "current"
-    tmp_link = CACHE / ".current.tmp"
-    tmp_link.unlink(missing_ok=True)
-    tmp_link.symlink_to(root.name)
-    os.replace(tmp_link, current)
+            (root / ".complete").touch()  # last: a folder without it is an interrupted fetch
     return Kernel(root)
 
 

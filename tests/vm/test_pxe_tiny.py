@@ -50,13 +50,15 @@ def serve(tmp_path: Path, subnet: str, host_if: str, image: tuple[Path, Path], e
     subprocess.run(["ip", "addr", "add", f"fd00:231:{subnet.split('.')[2]}::1/64", "dev", host_if], check=True)
     port = free_port()
     settings = {
-        "server": {"host": "0.0.0.0", "public_url": f"http://{subnet}.1:{port}"},
+        "server": {"host": f"{subnet}.1", "public_url": f"http://{subnet}.1:{port}"},
         "pxe": {"enabled": True, "interface": host_if, "dhcp_range": f"{subnet}.100,{subnet}.150,1h",
                 "tftp_root": str(tmp_path / "tftp"), "kernel_path": str(image[0]), "initrd_path": str(image[1]),
                 "cmdline_extra": "console=ttyS0 panic=-1", "router_advertisement": True},
         **extra,
     }
-    return ServerProcess(tmp_path / "srv", port=port, settings=settings, env=env)
+    srv = ServerProcess(tmp_path / "srv", port=port, settings=settings, env=env)
+    srv.base_url = settings["server"]["public_url"]  # it listens on the test network only
+    return srv
 
 
 def read(path: Path) -> str:
