@@ -116,7 +116,7 @@ def serve(tmp_path: Path, subnet: str, host_if: str, image: LiveImage, env: dict
     subprocess.run(["ip", "addr", "add", f"fd00:231:{subnet.split('.')[2]}::1/64", "dev", host_if], check=True)
     port = free_port()
     settings = {
-        "server": {"host": "0.0.0.0", "public_url": f"http://{subnet}.1:{port}"},
+        "server": {"host": f"{subnet}.1", "public_url": f"http://{subnet}.1:{port}"},
         "pxe": {"enabled": True, "interface": host_if, "dhcp_range": f"{subnet}.100,{subnet}.150,1h",
                 "tftp_root": str(tmp_path / "tftp"), "kernel_path": str(image.kernel),
                 "initrd_path": str(image.initrd), "cmdline_extra": "console=ttyS0 panic=-1",
@@ -125,7 +125,9 @@ def serve(tmp_path: Path, subnet: str, host_if: str, image: LiveImage, env: dict
         "boot": {"power_off_delay_s": 0},
         "timeouts": {"boot_s": 420},
     }
-    return ServerProcess(tmp_path / "srv", port=port, settings=settings, env=env)
+    srv = ServerProcess(tmp_path / "srv", port=port, settings=settings, env=env)
+    srv.base_url = settings["server"]["public_url"]  # it listens on the test network only
+    return srv
 
 
 def events(srv: ServerProcess, run_id: int) -> list[dict[str, Any]]:
