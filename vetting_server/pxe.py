@@ -77,16 +77,16 @@ def render_conf(settings: Any, pxe_dir: Path, address: ipaddress.IPv4Interface |
         "port=0",  # no DNS: DHCP and TFTP only
         f"interface={p.interface}",
         "bind-interfaces",
+        f"dhcp-hostsfile={pxe_dir / 'hosts'}",
+        "dhcp-ignore=tag:!known",  # gate 1: registered MACs only
+        "dhcp-match=set:ipxe,175",
     ]
     if p.mode == "proxy":
         if address is None:
             raise ValueError("proxy mode needs the interface's IPv4 address")
         lines += [
             f"dhcp-range={address.network.network_address},proxy,{address.netmask}",
-            f"dhcp-hostsfile={pxe_dir / 'hosts'}",
             f"conf-file={pxe_dir / 'opts'}",  # per host: dhcp-boot, which a dhcp-optsfile cannot hold
-            "dhcp-ignore=tag:!known",  # gate 1: registered MACs only
-            "dhcp-match=set:ipxe,175",
             # firmware PXE: a menu of one item (booted at once), iPXE over TFTP from here
             'pxe-service=tag:!ipxe,x86PC,"vetting: iPXE",undionly.kpxe',
             'pxe-service=tag:!ipxe,BC_EFI,"vetting: iPXE",ipxe.efi',
@@ -95,10 +95,7 @@ def render_conf(settings: Any, pxe_dir: Path, address: ipaddress.IPv4Interface |
     else:
         lines += [
             f"dhcp-range={p.dhcp_range}",
-            f"dhcp-hostsfile={pxe_dir / 'hosts'}",
             f"dhcp-optsfile={pxe_dir / 'opts'}",
-            "dhcp-ignore=tag:!known",  # gate 1: registered MACs only
-            "dhcp-match=set:ipxe,175",
             # iPXE's "no-pxedhcp" (option 175.176): there is no ProxyDHCP server here, so
             # iPXE need not wait for one before it takes the offer (~10 s per boot)
             "dhcp-option=tag:ipxe,encap:175,176,1b",
@@ -200,8 +197,8 @@ class PxeSupervisor:
 
     async def refresh(self) -> None:
         """Rewrite the host files from the database; dnsmasq is restarted to read them."""
-        if not self.enabled:
-            return
+        if not self.enabled or (self.rt.settings.pxe.mode == "proxy" and self.address is None):
+            return  # proxy mode: run() writes them once it knows the interface's address
         rows = await self.rt.db.fetch("SELECT id, mac FROM hosts ORDER BY id")
         next_server = self.address.ip if self.address else None
         hosts, opts = render_hosts([dict(r) for r in rows], self.rt.public_url, next_server)

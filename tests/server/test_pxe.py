@@ -123,6 +123,7 @@ async def test_proxy_mode_adds_only_the_boot_answers_beside_the_networks_dhcp_se
 
     mac = "02:00:00:08:00:01"
     with veth_namespace("10.231.8.1/24", "10.231.8.2/24") as (ns, server_if, client_if):
+        subprocess.run(["ip", "addr", "flush", "dev", server_if], check=True)  # no address yet (see below)
         settings = make_settings(f"sqlite:///{tmp_path / 'vetting.db'}", tmp_path, pxe={
             "enabled": True, "mode": "proxy", "interface": server_if, "tftp_root": str(tmp_path / "tftp"),
         })
@@ -130,6 +131,10 @@ async def test_proxy_mode_adds_only_the_boot_answers_beside_the_networks_dhcp_se
         async with serve_in_process(app) as client:
             env = Env(app, client, await create_operator_token(app.state.rt))
             await env.create_host("node1", mac)
+            # proxy mode answers for the interface's network: the supervisor waits for an address
+            await anyio.sleep(1.5)
+            assert app.state.rt.pxe.process is None
+            subprocess.run(["ip", "addr", "add", "10.231.8.1/24", "dev", server_if], check=True)
 
             async def ask(*args, **kw) -> list[dict]:
                 return await anyio.to_thread.run_sync(lambda: probe(ns, client_if, *args, **kw))
