@@ -76,9 +76,12 @@ class TimeoutSettings(_Section):
 
 class PxeSettings(_Section):
     enabled: bool = False
+    # "dhcp": dnsmasq hands out the addresses (dhcp_range); "proxy": beside the network's own
+    # DHCP server, dnsmasq adds only the boot answers (proxy-DHCP, docs/pxe.md)
+    mode: Literal["dhcp", "proxy"] = "dhcp"
     dnsmasq: str = "dnsmasq"
     interface: str | None = None
-    dhcp_range: str | None = None  # e.g. "10.0.0.100,10.0.0.200,12h"
+    dhcp_range: str | None = None  # e.g. "10.0.0.100,10.0.0.200,12h" (mode dhcp only)
     user: str = "root"  # dnsmasq drops to this user before serving TFTP: it must read tftp_root
     tftp_root: str = "./var/tftp"
     ipxe_dir: str = "/usr/lib/ipxe"  # where undionly.kpxe and ipxe.efi are copied from (Debian package ipxe)
@@ -322,9 +325,18 @@ def _check_references(settings: Settings, source: str) -> None:
         if getattr(settings.pxe, f"{what}_path") and getattr(settings.pxe, f"{what}_url"):
             raise ConfigError(f"{source}: $.pxe.{what}_path and $.pxe.{what}_url: give one, not both")
     if settings.pxe.enabled:
-        for key in ("interface", "dhcp_range"):
+        for key in ("interface", "dhcp_range") if settings.pxe.mode == "dhcp" else ("interface",):
             if not getattr(settings.pxe, key):
                 raise ConfigError(f"{source}: $.pxe.{key} is required when $.pxe.enabled is true")
+    if settings.pxe.mode == "proxy":
+        if settings.pxe.dhcp_range:
+            raise ConfigError(f"{source}: $.pxe.dhcp_range: in proxy mode the network's own DHCP server hands out "
+                              "the addresses (dnsmasq answers on the whole network of $.pxe.interface): remove it")
+        # the script URL travels in the BOOTP file field (127 characters), not in option 67
+        longest = len((settings.server.public_url or "").rstrip("/") + "/ipxe/00:00:00:00:00:00")
+        if longest > 127:
+            raise ConfigError(f"{source}: $.server.public_url is too long for proxy mode: the iPXE script URL "
+                              f"(…/ipxe/<mac>) would be {longest} characters, the BOOTP file field holds 127")
     for key in settings.ui.overridable:
         if key not in RUNTIME_KEYS:
             raise ConfigError(

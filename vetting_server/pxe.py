@@ -24,16 +24,34 @@ dnsmasq runs as ``pxe.user`` (default ``root``); it drops to that user before it
 serves TFTP, so with dnsmasq's own default (``nobody``) and a private data directory
 it cannot start. Set ``pxe.user: nobody`` where that user can read ``tftp_root``.
 
-``pxe.dhcp_range`` is a dnsmasq ``dhcp-range`` with addresses (the vetting VLAN is
-the server's own); proxy-DHCP beside another DHCP server is not supported here: point
-that server's PXE options at ``GET /ipxe/{mac}`` and leave ``pxe.enabled`` off.
+``pxe.mode`` ``dhcp`` (default): ``pxe.dhcp_range`` is a dnsmasq ``dhcp-range`` with
+addresses (the vetting VLAN is the server's own). ``proxy``: the network already has a
+DHCP server, which keeps handing out the addresses; dnsmasq answers as a ProxyDHCP
+server (``dhcp-range=<network>,proxy``, the network of ``pxe.interface``'s IPv4
+address) with the boot answers only, still for registered MACs only:
+
+- firmware PXE clients get a one-item PXE menu (``pxe-service``) whose boot file is
+  iPXE over TFTP — ``undionly.kpxe`` (x86PC), ``ipxe.efi`` (BC_EFI = client
+  architecture 7, x86-64_EFI = 9);
+- iPXE gets its script URL in the BOOTP ``file`` field of the proxy offer
+  (``dhcp-boot``, per host: ``opts`` is then a conf-file of ``dhcp-boot`` lines, which a
+  ``dhcp-optsfile`` cannot hold) *with the next-server address set*: iPXE takes a
+  ProxyDHCP answer only when it has a PXE menu or a next-server and a file name
+  (``dhcp_has_pxeopts`` in iPXE's dhcp.c), and dnsmasq 2.90 leaves next-server empty in
+  its proxy answers to BIOS clients unless ``dhcp-boot`` names one — without it iPXE
+  asked again on port 4011, ignored each answer and ended in "Nothing to boot";
+- never iPXE's "no-pxedhcp" (175.176): iPXE must wait for the ProxyDHCP offer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import ipaddress
 import os
 import shutil
+import socket
+import struct
 from pathlib import Path
 from subprocess import DEVNULL
 from typing import Any
@@ -49,8 +67,9 @@ from .runtime import Runtime
 log = structlog.get_logger()
 
 
-def render_conf(settings: Any, pxe_dir: Path) -> str:
-    """The dnsmasq configuration for ``settings.pxe`` (validated at start-up)."""
+def render_conf(settings: Any, pxe_dir: Path, address: ipaddress.IPv4Interface | None = None) -> str:
+    """The dnsmasq configuration for ``settings.pxe`` (validated at start-up); proxy mode
+    needs ``address``, the interface's (:func:`interface_ipv4`)."""
     p = settings.pxe
     tftp_root = Path(p.tftp_root).resolve()
     lines = [
@@ -58,18 +77,34 @@ def render_conf(settings: Any, pxe_dir: Path) -> str:
         "port=0",  # no DNS: DHCP and TFTP only
         f"interface={p.interface}",
         "bind-interfaces",
-        f"dhcp-range={p.dhcp_range}",
         f"dhcp-hostsfile={pxe_dir / 'hosts'}",
-        f"dhcp-optsfile={pxe_dir / 'opts'}",
         "dhcp-ignore=tag:!known",  # gate 1: registered MACs only
         "dhcp-match=set:ipxe,175",
-        # iPXE's "no-pxedhcp" (option 175.176): there is no ProxyDHCP server here, so
-        # iPXE need not wait for one before it takes the offer (~10 s per boot)
-        "dhcp-option=tag:ipxe,encap:175,176,1b",
-        "dhcp-vendorclass=set:efi64,PXEClient:Arch:00007",
-        "dhcp-vendorclass=set:efi64,PXEClient:Arch:00009",
-        "dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi",
-        "dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe",
+    ]
+    if p.mode == "proxy":
+        if address is None:
+            raise ValueError("proxy mode needs the interface's IPv4 address")
+        lines += [
+            f"dhcp-range={address.network.network_address},proxy,{address.netmask}",
+            f"conf-file={pxe_dir / 'opts'}",  # per host: dhcp-boot, which a dhcp-optsfile cannot hold
+            # firmware PXE: a menu of one item (booted at once), iPXE over TFTP from here
+            'pxe-service=tag:!ipxe,x86PC,"vetting: iPXE",undionly.kpxe',
+            'pxe-service=tag:!ipxe,BC_EFI,"vetting: iPXE",ipxe.efi',
+            'pxe-service=tag:!ipxe,x86-64_EFI,"vetting: iPXE",ipxe.efi',
+        ]
+    else:
+        lines += [
+            f"dhcp-range={p.dhcp_range}",
+            f"dhcp-optsfile={pxe_dir / 'opts'}",
+            # iPXE's "no-pxedhcp" (option 175.176): there is no ProxyDHCP server here, so
+            # iPXE need not wait for one before it takes the offer (~10 s per boot)
+            "dhcp-option=tag:ipxe,encap:175,176,1b",
+            "dhcp-vendorclass=set:efi64,PXEClient:Arch:00007",
+            "dhcp-vendorclass=set:efi64,PXEClient:Arch:00009",
+            "dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi",
+            "dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe",
+        ]
+    lines += [
         "enable-tftp",
         f"tftp-root={tftp_root}",
         "tftp-secure",
@@ -84,14 +119,35 @@ def render_conf(settings: Any, pxe_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_hosts(hosts: list[dict[str, Any]], public_url: str) -> tuple[str, str]:
-    """(``hosts`` file, ``opts`` file) for the registered hosts."""
+def render_hosts(hosts: list[dict[str, Any]], public_url: str,
+                 next_server: ipaddress.IPv4Address | None = None) -> tuple[str, str]:
+    """(``hosts`` file, ``opts`` file) for the registered hosts; with ``next_server``
+    (proxy mode) ``opts`` holds ``dhcp-boot`` lines that name it."""
     host_lines, opt_lines = [], []
     for h in hosts:
         tag = f"h{int(h['id'])}"
+        url = f"{public_url}/ipxe/{h['mac']}"
         host_lines.append(f"{h['mac']},set:known,set:{tag}")
-        opt_lines.append(f"tag:{tag},tag:ipxe,option:bootfile-name,{public_url}/ipxe/{h['mac']}")
+        if next_server is None:
+            opt_lines.append(f"tag:{tag},tag:ipxe,option:bootfile-name,{url}")
+        else:
+            opt_lines.append(f"dhcp-boot=tag:{tag},tag:ipxe,{url},,{next_server}")
     return "\n".join(host_lines) + "\n", "\n".join(opt_lines) + "\n"
+
+
+_SIOCGIFADDR, _SIOCGIFNETMASK = 0x8915, 0x891B
+
+
+def interface_ipv4(name: str) -> ipaddress.IPv4Interface | None:
+    """The (primary) IPv4 address and prefix of interface ``name``; None when it has none."""
+    request = struct.pack("256s", name.encode()[:15])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            addr = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, request)[20:24]
+            mask = fcntl.ioctl(s.fileno(), _SIOCGIFNETMASK, request)[20:24]
+        except OSError:  # no such interface, or no IPv4 address on it
+            return None
+    return ipaddress.IPv4Interface(f"{socket.inet_ntoa(addr)}/{socket.inet_ntoa(mask)}")
 
 
 IPXE_BINARIES = ("undionly.kpxe", "ipxe.efi")
@@ -132,6 +188,7 @@ class PxeSupervisor:
         self.process: anyio.abc.Process | None = None
         self.restarts = 0  # after a crash
         self.reloads = 0  # after host changes
+        self.address: ipaddress.IPv4Interface | None = None  # the interface's, in proxy mode
         self._changed = anyio.Event()
 
     @property
@@ -140,10 +197,11 @@ class PxeSupervisor:
 
     async def refresh(self) -> None:
         """Rewrite the host files from the database; dnsmasq is restarted to read them."""
-        if not self.enabled:
-            return
+        if not self.enabled or (self.rt.settings.pxe.mode == "proxy" and self.address is None):
+            return  # proxy mode: run() writes them once it knows the interface's address
         rows = await self.rt.db.fetch("SELECT id, mac FROM hosts ORDER BY id")
-        hosts, opts = render_hosts([dict(r) for r in rows], self.rt.public_url)
+        next_server = self.address.ip if self.address else None
+        hosts, opts = render_hosts([dict(r) for r in rows], self.rt.public_url, next_server)
         await anyio.to_thread.run_sync(lambda: (_write(self.dir / "hosts", hosts), _write(self.dir / "opts", opts)))
         self._changed.set()
         log.info("pxe.hosts_written", hosts=len(rows))
@@ -164,8 +222,10 @@ class PxeSupervisor:
         if missing:
             log.warning("pxe.ipxe_missing", tftp_root=str(tftp_root), missing=missing,
                         hint=f"apt-get install ipxe (it puts them in /usr/lib/ipxe), or copy them into {tftp_root}")
+        if self.rt.settings.pxe.mode == "proxy":
+            self.address = await self._interface_address()
         conf = self.dir / "dnsmasq.conf"
-        _write(conf, render_conf(self.rt.settings, self.dir))
+        _write(conf, render_conf(self.rt.settings, self.dir, self.address))
         await self.refresh()
         delay = self.RESTART_MIN_S
         # dnsmasq writes its own log (with timestamps: the boot timeline); its stderr goes
@@ -206,6 +266,18 @@ class PxeSupervisor:
                 log.error("pxe.dnsmasq_exited", code=code, restart_in=delay, said=_last_line(self.dir / "dnsmasq.log"))
                 await anyio.sleep(delay)
                 delay = min(self.RESTART_MAX_S, delay * 2)
+
+    async def _interface_address(self) -> ipaddress.IPv4Interface:
+        """Proxy mode answers for the interface's network, from its address: wait for one
+        (it may itself come from the network's DHCP server after start-up)."""
+        interface, delay = self.rt.settings.pxe.interface, self.RESTART_MIN_S
+        while (address := interface_ipv4(interface)) is None:
+            log.error("pxe.no_address", interface=interface, retry_in=delay,
+                      hint="proxy mode answers for the network of the interface's IPv4 address: give it one")
+            await anyio.sleep(delay)
+            delay = min(self.RESTART_MAX_S, delay * 2)
+        log.info("pxe.proxy", interface=interface, address=str(address))
+        return address
 
 
 def _last_line(path: Path) -> str:

@@ -4,8 +4,10 @@ an answer, and each gets its own per-MAC iPXE script URL."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -103,6 +105,74 @@ async def test_only_registered_macs_get_an_address_and_their_ipxe_script(tmp_pat
             assert pxe.restarts == 0
         log = (Path(settings.server.data_dir) / "pxe" / "dnsmasq.log").read_text()
         assert "02:00:00:07:00:99 ignored" in log
+
+
+def probe(ns: str, iface: str, mac: str, arch: int = 0, *, ipxe: bool = False, server: str | None = None) -> list[dict]:
+    """What a PXE client's first packet gets back (:mod:`tests.support.dhcpprobe`)."""
+    argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.support.dhcpprobe", "--interface", iface,
+            "--mac", mac, "--arch", str(arch), *(["--ipxe"] if ipxe else []), *(["--server", server] if server else [])]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+async def test_proxy_mode_adds_only_the_boot_answers_beside_the_networks_dhcp_server(tmp_path, test_registry):
+    """pxe.mode proxy: dnsmasq answers as a ProxyDHCP server, with what iPXE and the
+    firmwares need to boot and no address; the whole VM boot is tests/vm/test_pxe_tiny.py."""
+    from vetting_server.app import create_app
+
+    mac = "02:00:00:08:00:01"
+    with veth_namespace("10.231.8.1/24", "10.231.8.2/24") as (ns, server_if, client_if):
+        subprocess.run(["ip", "addr", "flush", "dev", server_if], check=True)  # no address yet (see below)
+        settings = make_settings(f"sqlite:///{tmp_path / 'vetting.db'}", tmp_path, pxe={
+            "enabled": True, "mode": "proxy", "interface": server_if, "tftp_root": str(tmp_path / "tftp"),
+        })
+        app = create_app(settings, registry=test_registry)
+        async with serve_in_process(app) as client:
+            env = Env(app, client, await create_operator_token(app.state.rt))
+            await env.create_host("node1", mac)
+            # proxy mode answers for the interface's network: the supervisor waits for an address
+            await anyio.sleep(1.5)
+            assert app.state.rt.pxe.process is None
+            subprocess.run(["ip", "addr", "add", "10.231.8.1/24", "dev", server_if], check=True)
+
+            async def ask(*args, **kw) -> list[dict]:
+                return await anyio.to_thread.run_sync(lambda: probe(ns, client_if, *args, **kw))
+
+            with anyio.fail_after(20):  # dnsmasq starts, and restarts to read the new host
+                while not await ask(mac, 0, ipxe=True):
+                    pass
+            # iPXE, BIOS (0) and UEFI (7): its script's URL in the file field, and a next-server
+            # (iPXE ignores a ProxyDHCP answer with a file but no next-server); no address, and
+            # never iPXE's no-pxedhcp (175.176)
+            for arch in (0, 7):
+                [offer] = await ask(mac, arch, ipxe=True)
+                assert offer["file"] == f"http://testserver/ipxe/{mac}" and offer["siaddr"] == "10.231.8.1", offer
+                assert offer["yiaddr"] == "0.0.0.0" and offer["peer"] == "10.231.8.1:67"
+                assert bytes.fromhex(offer["options"]["60"]) == b"PXEClient" and "175" not in offer["options"]
+            # BIOS firmware: a PXE menu of one item (sub-option 9), iPXE over TFTP
+            [offer] = await ask(mac, 0)
+            assert offer["file"] == "" and b"vetting: iPXE" in bytes.fromhex(offer["vendor_options"]["9"]), offer
+            # UEFI firmware (7, "BC_EFI" to dnsmasq): the boot file comes on port 4011
+            [ack] = await ask(mac, 7, server="10.231.8.1")
+            assert ack["file"] == "ipxe.efi" and ack["siaddr"] == "10.231.8.1" and ack["peer"] == "10.231.8.1:4011", ack
+            # a machine nobody registered: nothing at all
+            assert await ask("02:00:00:08:00:99", 0, ipxe=True) == []
+        conf = (Path(settings.server.data_dir) / "pxe" / "dnsmasq.conf").read_text()
+        assert "dhcp-range=10.231.8.0,proxy,255.255.255.0" in conf and "175,176" not in conf
+        log = (Path(settings.server.data_dir) / "pxe" / "dnsmasq.log").read_text()
+        assert "02:00:00:08:00:99 proxy-ignored" in log
+
+
+def test_proxy_mode_settings_are_checked():
+    with pytest.raises(ConfigError, match=r"\$\.pxe\.dhcp_range: in proxy mode the network's own DHCP server"):
+        settings_from_dict({"pxe": {"enabled": True, "mode": "proxy", "interface": "eth1", "dhcp_range": "10.0.0.10,10.0.0.20"}})
+    with pytest.raises(ConfigError, match=r"the BOOTP file field holds 127"):
+        settings_from_dict({"server": {"public_url": "http://" + "a" * 100 + ".example"},
+                            "pxe": {"enabled": True, "mode": "proxy", "interface": "eth1"}})
+    with pytest.raises(ConfigError, match=r"\$\.pxe\.mode"):
+        settings_from_dict({"pxe": {"mode": "relay"}})
+    assert settings_from_dict({"pxe": {"enabled": True, "mode": "proxy", "interface": "eth1"}}).pxe.mode == "proxy"
 
 
 def test_the_fast_path_options_pass_dnsmasqs_own_check(tmp_path):
