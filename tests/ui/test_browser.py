@@ -122,6 +122,18 @@ def test_register_a_host_and_watch_its_host_mode_run_live(ui: Ui, agents) -> Non
     assert token.startswith("vh_")
     host_id = int(re.search(r'/ui/hosts/(\d+)/spec', page.content())[1])
     ui.shot("04-host-registered")
+    # the expected spec is edited in place; a refusal stays in the editor, under the field
+    page.get_by_role("button", name="Edit the expected spec").click()
+    editor = page.locator("#spec textarea")
+    editor.fill(RUNNING_SPEC + "memory: {total_gib: lots}\n")
+    page.locator("#spec").get_by_role("button", name="Save").click()
+    expect(page.locator("#expected_spec_yaml-error")).to_contain_text("$.memory.total_gib")
+    expect(page.locator("#spec textarea")).to_have_attribute("aria-invalid", "true")
+    ui.shot("04b-spec-edit-refused")
+    page.locator("#spec textarea").fill(RUNNING_SPEC)
+    page.locator("#spec").get_by_role("button", name="Save").click()
+    expect(page.locator("#spec")).to_contain_text("Saved.")
+    assert ui.server.api("GET", f"/api/v1/hosts/{host_id}").json()["expected_spec_yaml"] == RUNNING_SPEC
 
     agents.host(token, "node1")  # a real host-mode agent polls for work
     dash = ui.context.new_page()
@@ -175,7 +187,7 @@ def test_register_a_host_and_watch_its_host_mode_run_live(ui: Ui, agents) -> Non
 def test_a_hold_a_wipe_override_with_typed_disks_and_a_release(ui: Ui, agents, tmp_path) -> None:
     disk = ext4_image(tmp_path / "disk0.img")
     host = ui.server.create_host("rack1-node2", "02:00:00:00:aa:02",
-                                 spec_yaml=f"params:\n  WipeGate: {{disks: ['{disk}']}}\n")
+                                 spec_yaml=f"params:\n  WipeGate: {{disks: ['{disk}']}}\n  Judged: {{value: 50}}\n")
     page = ui.page
     ui.login()
     page.goto(f"/hosts/{host['id']}")
@@ -210,11 +222,14 @@ def test_a_hold_a_wipe_override_with_typed_disks_and_a_release(ui: Ui, agents, t
     assert (stage["state"], stage["attempt"]) == ("passed", 1) and detail["override_flags"] == {"wipe": True}
     expect(page.locator("#stage-WipeGate")).to_contain_text("attempt 2")
 
-    # a failed stage holds the host; the operator releases it
+    # a critical threshold breach fails the stage and holds the host; the operator releases it
     page.goto(f"/hosts/{host['id']}")
-    run2 = start_run(page, ["Faulty"], profile="agenttest")
+    run2 = start_run(page, ["Judged"], profile="agenttest")
     agents.connect(run2, page.locator("#run-token").inner_text().strip())
     expect(page.locator("#panel")).to_contain_text("Held for inspection", timeout=60_000)
+    breaches = page.get_by_role("region", name="Threshold breaches (1)")
+    expect(breaches).to_contain_text("judged value")
+    expect(breaches).to_contain_text("50")
     page.get_by_role("button", name="Release the host").click()
     expect(page.locator("#panel")).to_contain_text("Released", timeout=15_000)
     ui.shot("11-run-released")
@@ -242,7 +257,7 @@ def test_a_spec_difference_ignored_for_the_host_is_honoured_by_the_next_run(ui: 
     ui.shot("12-spec-diff-ignored")
 
     page.goto(f"/hosts/{host['id']}")
-    expect(page.locator("section", has_text="Differences ignored for this host")).to_contain_text("cpu.threads")
+    expect(page.get_by_role("region", name="Differences ignored for this host")).to_contain_text("cpu.threads")
     second = start_run(page, ["InventoryCheck", "SpecValidate"])
     assert second != first
     expect(page.locator("#panel")).to_contain_text("Completed", timeout=60_000)

@@ -167,6 +167,8 @@ async def test_the_log_tail_resumes_after_last_event_id_and_renders_ansi_safely(
     assert '<span class="a-fg-red">red</span> &lt;b&gt;x&lt;/b&gt;' in whole[0]["data"] and "\x1b" not in whole[0]["data"]
     resumed = events((await env.client.get(f"/ui/runs/{run_id}/log", headers={"Last-Event-ID": str(ids[2])})).text)
     assert resumed[0]["data"].count('class="ln') == 3 and "line 2" not in resumed[0]["data"] and "line 3" in resumed[0]["data"]
+    again = events((await env.client.get(f"/ui/runs/{run_id}/log?after={ids[4]}")).text)  # a stream opened anew
+    assert again[0]["data"].count('class="ln') == 1 and "red" in again[0]["data"]
     r = await env.client.get(f"/ui/runs/{run_id}/log", headers={"Last-Event-ID": "x"})
     assert r.status_code == 400
 
@@ -258,3 +260,12 @@ async def test_dashboard_filters_counts_and_the_runs_that_need_a_person(env):
     assert re.search(r"held</span> <strong>1</strong>", summary) and re.search(r"idle</span> <strong>1</strong>", summary)
     tile = (await env.client.get(f"/ui/tiles/{hosts['busy-5']}")).text
     assert "Running" in tile and "CPU" in tile and f'hx-trigger="sse:host-{hosts["busy-5"]}' in tile
+
+
+def test_provider_settings_show_references_and_mask_secrets():
+    from vetting_server.ui.render import masked
+
+    shown = masked({"address": "10.0.0.5", "user": "root", "password_env": "BMC_PW", "password_file": "/etc/vetting/bmc",
+                    "password": "hunter2", "api_token": "t0k", "nested": {"secret": "s", "port": 623}, "key_ttl": None})
+    assert shown == {"address": "10.0.0.5", "user": "root", "password_env": "BMC_PW", "password_file": "/etc/vetting/bmc",
+                     "password": "••••••", "api_token": "••••••", "nested": {"secret": "••••••", "port": 623}, "key_ttl": None}

@@ -4,7 +4,8 @@
 name) with the counts per state and the "needs a person" list above them; the filters
 (state, verdict, text) re-fetch the tiles only. Live updates come over ``/ui/stream``
 (:mod:`.streams`): a tile listens for ``host-<id>`` and re-fetches itself
-(``/ui/tiles/<id>``, at most once a second), the counts and the list for ``summary``.
+(``/ui/tiles/<id>``: after a burst of its events; progress comes every 2 s), the counts
+and the list for ``summary``.
 """
 
 from __future__ import annotations

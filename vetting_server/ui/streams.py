@@ -4,10 +4,14 @@ The dashboard and run streams are the API's ``/api/v1/events/stream``
 (:func:`vetting_server.api_operator.follow_events`: the events table, woken by the hub,
 progress from the heartbeats) with event names the pages' ``hx-trigger="sse:…"`` can
 listen for: ``host-<id>`` (an event of the host), ``progress-<host id>`` and ``summary``
-on the dashboard, ``run`` and ``progress`` on a run page. State events are never
-throttled (the fragments queue the last request: ``hx-sync="this:queue last"``, so the
-final state is always fetched); progress is, on the page's side. Each event carries its events-table id, so a browser that reconnects (the
-``EventSource`` does by itself) sends ``Last-Event-ID`` and misses nothing.
+on the dashboard, ``run`` and ``progress`` on a run page. Every trigger of a fragment is a
+``delay`` (a burst of events makes one request once it is over, so the last state is
+always fetched; a newer request replaces one in flight): htmx keeps one throttle/delay
+state per element, so a ``throttle`` for progress beside it would swallow the state
+events that follow within its window. Progress is thinned here instead (a run's at most
+once a second on its page, every 2 s on the dashboard). Each event carries its events-table id, so a browser that reconnects (the
+``EventSource`` does by itself) sends ``Last-Event-ID`` and misses nothing; a stream the
+page has to open anew resumes from ``?after=<id>``, which the page keeps up to date.
 
 The log tail streams the run's ``log_lines`` as rendered HTML (:mod:`.ansi`), one SSE
 message per batch, with the id of its last line: a reconnect resumes after it, so no
@@ -19,6 +23,8 @@ the run is over and every line is sent it says ``end`` and the page closes the s
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import AsyncIterator
 from html import escape
 from typing import Any
@@ -40,13 +46,16 @@ HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 def last_event_id(request: Request) -> int | None:
-    header = request.headers.get("last-event-id")
-    if not header:
+    """Where to resume: the ``Last-Event-ID`` header (an ``EventSource`` reconnecting by
+    itself), else ``?after=`` (one created anew by the page, which keeps the last id in the
+    stream's URL: ``static/app.js``)."""
+    value = request.headers.get("last-event-id") or request.query_params.get("after")
+    if not value:
         return None
     try:
-        return max(0, int(header))
+        return max(0, int(value))
     except ValueError:
-        raise ApiError(400, f"Last-Event-ID must be a number, got {header[:40]!r}") from None
+        raise ApiError(400, f"Last-Event-ID must be a number, got {value[:40]!r}") from None
 
 
 def render_lines(rows: list[dict[str, Any]]) -> str:
@@ -57,19 +66,29 @@ def render_lines(rows: list[dict[str, Any]]) -> str:
     )
 
 
-async def _events(request: Request, run_id: int | None, on_row: Any, on_progress: Any) -> ServerSentEvent:
-    """The event stream (of one run, or all) as the messages ``on_row``/``on_progress`` name."""
+async def _events(request: Request, run_id: int | None, on_row: Any, on_progress: Any, progress_every_s: float) -> ServerSentEvent:
+    """The event stream (of one run, or all) as the messages ``on_row``/``on_progress``
+    name; a run's progress at most every ``progress_every_s`` seconds (the page refreshes
+    a fragment per message, and a heartbeat may carry new progress twice a second)."""
     rt = request.app.state.rt
     start = last_event_id(request)
     start = int(await rt.db.fetchval("SELECT coalesce(max(id), 0) FROM events") or 0) if start is None else start
+    sent: dict[int, float] = {}
 
     async def gen() -> AsyncIterator[ServerSentEventMessage]:
         yield ServerSentEventMessage(comment="vetting events", retry=2000)
         async for row, progress in follow_events(rt, start, run_id, KEEPALIVE_S):
-            messages = on_row(row) if row is not None else on_progress(progress) if progress is not None else None
-            if messages is None:
-                yield ServerSentEventMessage(comment="keep-alive")
-            for m in messages or ():
+            if row is not None:
+                messages = on_row(row)
+            elif progress is not None:
+                now = time.monotonic()
+                if now - sent.get(progress["run_id"], -math.inf) < progress_every_s:
+                    continue
+                sent[progress["run_id"]] = now
+                messages = on_progress(progress)
+            else:
+                messages = [ServerSentEventMessage(comment="keep-alive")]
+            for m in messages:
                 yield m
 
     return ServerSentEvent(gen(), headers=HEADERS)
@@ -93,12 +112,12 @@ class StreamController(Controller):
             auth = rt.runs.get(p["run_id"])
             return [ServerSentEventMessage(event=f"progress-{auth.host_id}", data="")] if auth else []
 
-        return await _events(request, None, on_row, on_progress)
+        return await _events(request, None, on_row, on_progress, 2.0)
 
     @get("/runs/{run_id:int}/stream")
     async def run(self, request: Request, run_id: PathId) -> ServerSentEvent:
         return await _events(request, run_id, lambda row: [ServerSentEventMessage(event="run", data=row["kind"], id=row["id"])],
-                             lambda p: [ServerSentEventMessage(event="progress", data="")])
+                             lambda p: [ServerSentEventMessage(event="progress", data="")], 1.0)
 
     @get("/runs/{run_id:int}/log")
     async def log(self, request: Request, run_id: PathId) -> ServerSentEvent:

@@ -44,7 +44,14 @@
       if (count) count.textContent = n + (n === 1 ? " line" : " lines");
     }
   });
-  // a reconnecting stream says so (the EventSource resumes with Last-Event-ID by itself)
+  // the stream's URL carries the last event id seen: an EventSource resumes with
+  // Last-Event-ID by itself, but one that htmx has to create anew (after the server
+  // refused or ended a connection) starts from the URL, and must not miss or repeat events
+  document.addEventListener("htmx:sseMessage", function (e) {
+    var id = e.detail && e.detail.lastEventId, src = e.target.closest && e.target.closest("[sse-connect]");
+    if (id && src) src.setAttribute("sse-connect", src.getAttribute("sse-connect").split("?")[0] + "?after=" + encodeURIComponent(id));
+  });
+  // a reconnecting stream says so
   document.addEventListener("htmx:sseError", function (e) {
     var el = e.target.querySelector && e.target.querySelector(".stream-status");
     if (el) el.textContent = "reconnecting…";
