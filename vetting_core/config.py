@@ -180,6 +180,33 @@ class LoginSettings(_Section):
     audit_interval_s: float = 60.0  # failed logins go to the event log as one row per interval at most
 
 
+class RunSettings(_Section):
+    """Defaults of a new run."""
+
+    default_profile: str = "quick"  # a run started without a profile (API, CLI, the web UI's form)
+
+
+RUNTIME_KEYS: dict[str, str] = {
+    "notifications.routes": "which events go to which configured targets (the targets, with their secrets, stay in the file)",
+    "retention.artifacts_days": "days a finished run's artifact files are kept",
+    "retention.logs_days": "days a finished run's log lines are kept",
+    "runs.default_profile": "the profile of a run started without one",
+    "boot.window_s": "how long after power-on GET /ipxe/{mac} may hand out the run token",
+}
+"""The settings the web UI may change at run time (stored in the database's ``settings``
+table, validated exactly like this file, applied without a restart): each is read
+where it is used, never copied at start-up. ``ui.overridable`` picks among them."""
+
+
+class UiSettings(_Section):
+    """The operator's web UI (``docs/ui.md``): sessions and what it may override."""
+
+    enabled: bool = True
+    session_idle_minutes: float = 30.0  # a session unused this long ends
+    session_absolute_hours: float = 12.0  # and any session ends this long after its login
+    overridable: list[str] = msgspec.field(default_factory=lambda: list(RUNTIME_KEYS))  # keys of RUNTIME_KEYS
+
+
 class PluginSettings(_Section):
     disable: list[str] = []  # plugin (entry point) names; also $VETTING_DISABLE_PLUGINS
 
@@ -202,6 +229,8 @@ class Settings(_Section):
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     firmware: FirmwareSettings = msgspec.field(default_factory=FirmwareSettings)
     login: LoginSettings = msgspec.field(default_factory=LoginSettings)
+    runs: RunSettings = msgspec.field(default_factory=RunSettings)
+    ui: UiSettings = msgspec.field(default_factory=UiSettings)
     plugins: PluginSettings = msgspec.field(default_factory=PluginSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
@@ -308,6 +337,14 @@ def _check_references(settings: Settings, source: str) -> None:
         if longest > 127:
             raise ConfigError(f"{source}: $.server.public_url is too long for proxy mode: the iPXE script URL "
                               f"(…/ipxe/<mac>) would be {longest} characters, the BOOTP file field holds 127")
+    for key in settings.ui.overridable:
+        if key not in RUNTIME_KEYS:
+            raise ConfigError(
+                f"{source}: $.ui.overridable: {key!r} cannot be changed at run time "
+                f"(these can: {', '.join(RUNTIME_KEYS)})"
+            )
+    if not settings.runs.default_profile.strip():
+        raise ConfigError(f"{source}: $.runs.default_profile must name a profile")
     try:
         parse_ports(settings.peers.iperf3_ports)
     except ValueError as exc:
@@ -380,6 +417,8 @@ def _ranges(settings: Settings) -> list[tuple[str, float, float, float]]:
         ("$.firmware.interval_s", s.firmware.interval_s, 0.05, 3600),
         ("$.firmware.max_image_bytes", s.firmware.max_image_bytes, 1, inf),
         ("$.firmware.bmc_inventory_timeout_s", s.firmware.bmc_inventory_timeout_s, 1, 600),
+        ("$.ui.session_idle_minutes", s.ui.session_idle_minutes, 1, 7 * 24 * 60),
+        ("$.ui.session_absolute_hours", s.ui.session_absolute_hours, 0.1, 24 * 30),
     ]
     for i, t in enumerate(s.notifications.targets):
         out.append((f"$.notifications.targets[{i}].timeout_s", t.timeout_s, 0.1, inf))

@@ -129,6 +129,16 @@ class _StrictRule(_Spec, kw_only=True):
     id: int | None = None
 
 
+class SpecIgnore(_Spec):
+    """A known difference this host's operators accepted ("ignore for this host" in the
+    web UI, or written here): a diff of ``field`` is kept but marked ``ignored`` and
+    fails nothing. With ``actual`` only while the host shows that value: a DIMM away
+    for repair is ignored, a second one failing is not."""
+
+    field: Text
+    actual: Text | None = None
+
+
 class ExpectedSpec(_Spec):
     description: Text = ""
     cpu: CpuSpec | None = None
@@ -141,6 +151,7 @@ class ExpectedSpec(_Spec):
     firmware: dict[Text, VersionList | dict[Text, VersionList]] = {}
     params: dict[Text, dict[Text, Any]] = {}
     thresholds: list[ThresholdRule] = []
+    ignore: list[SpecIgnore] = []
 
 
 # -- parsing -----------------------------------------------------------------------
@@ -548,6 +559,8 @@ def diff_spec(spec: ExpectedSpec, inventory_doc: Mapping[str, Any]) -> list[Spec
         _diff_pcie(d, spec.pcie, inv)
     if spec.firmware:
         d.items.extend(diff_firmware(spec.firmware, firmware_from_inventory(inv), inv.unavailable))
+    for x in d.items:
+        x.ignored = any(i.field == x.field and i.actual in (None, x.actual) for i in spec.ignore)
     order = {Severity.critical: 0, Severity.warning: 1, Severity.info: 2}
     return sorted(d.items, key=lambda x: order[x.severity])
 

@@ -289,7 +289,7 @@ def _failures(record: RunRecord, stages: list[dict[str, Any]]) -> list[dict[str,
     return out
 
 
-def _chart_limits(rules: list[ThresholdRule]) -> list[dict[str, Any]]:
+def chart_limits(rules: list[ThresholdRule]) -> list[dict[str, Any]]:
     out = []
     for r in rules:
         if not isinstance(r.threshold, (int, float)) or isinstance(r.threshold, bool):
@@ -410,7 +410,7 @@ def build_report(record: RunRecord, registry: Any = None) -> dict[str, Any]:
             groups,
             t0,
             stage_spans,
-            _chart_limits(record.thresholds),
+            chart_limits(record.thresholds),
             peaks={(s["stage"], s["kind"], s["key"], s["unit"]): s["max"] for s in series_docs},
         ),
         "events": [

@@ -22,7 +22,7 @@ from vetting_core.text import printable
 from .artifacts import hold_dir, stored_file
 from .auth import operator, operator_guard, runtime
 from .database import UniqueViolation, as_dt, utcnow
-from .errors import ApiError, conflict, not_found, unauthorized
+from .errors import ApiError, conflict, not_found
 from .fastbody import FastBody
 from .limits import PathId, QueryId
 from .hosts import FieldError, normalize_mac, parse_host_spec, validate_boot, validate_name
@@ -108,18 +108,8 @@ class SystemController(Controller):
           dto=FastBody[LoginRequest], return_dto=None, opt={"rate_limited": True})
     async def login(self, request: Request, data: JSONBody[LoginRequest]) -> TokenReply:
         rt = runtime(request)
-        guard = rt.login
-        name, source = data.username[:64], request.client.host if request.client else "unknown"
-        guard.begin(name, source)  # 429 while backing off
-        user = await rt.db.fetchrow("SELECT * FROM users WHERE name = $1", data.username)
-        ok, rehash = await guard.verify(data.password, None if user is None or user["disabled"] else user["password_hash"])
-        if not ok:
-            await guard.failed(name, source, rt.spawn)
-            raise unauthorized("wrong user name or password")
-        guard.succeeded(name, source)
-        if rehash:  # an older hash (scrypt): replaced now that the password is at hand
-            await rt.db.execute("UPDATE users SET password_hash = $2 WHERE id = $1 AND password_hash = $3",
-                                int(user["id"]), await guard.rehash(data.password), user["password_hash"])
+        source = request.client.host if request.client else "unknown"
+        user = await rt.login.authenticate(rt.db, data.username, data.password, source, rt.spawn)
         token = new_token("vo_")
         async with rt.unit() as u:
             await u.tx.execute(
@@ -299,7 +289,7 @@ class RunController(Controller):
         if data.stages is not None and not data.stages:
             raise ApiError(422, "stages: give at least one stage, or leave it out for the whole profile", {"field": "stages"})
         run, token = await rt.service.create_run(
-            host, profile=data.profile, non_destructive=data.non_destructive, stages=data.stages, actor=user["name"],
+            host, profile=data.profile or rt.settings.runs.default_profile, non_destructive=data.non_destructive, stages=data.stages, actor=user["name"],
             origin=run_origin(request, user["name"]),
         )
         run["host_name"] = host["name"]
@@ -472,31 +462,44 @@ class EventController(Controller):
             start = int(await rt.db.fetchval("SELECT coalesce(max(id), 0) FROM events") or 0)
 
         async def gen() -> Any:
-            last = start
-            progress_seen = 0  # the current progress first: a watcher joining mid-stage sees it at once
             yield ServerSentEventMessage(comment="vetting event stream", retry=2000)
-            while True:
-                if run_id is None:
-                    rows = await rt.db.fetch("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT 500", last)
-                else:
-                    rows = await rt.db.fetch(
-                        "SELECT * FROM events WHERE id > $1 AND run_id = $2 ORDER BY id LIMIT 500", last, run_id
-                    )
-                for r in rows:
-                    last = int(r["id"])
+            async for row, progress in follow_events(rt, start, run_id):
+                if row is not None:
                     yield ServerSentEventMessage(
-                        data=msgspec.json.encode(event_out(r)).decode(), event=r["kind"], id=str(r["id"])
+                        data=msgspec.json.encode(event_out(row)).decode(), event=row["kind"], id=str(row["id"])
                     )
-                if rt.hub.progress_seq != progress_seen:
-                    for rid, p in list(rt.hub.progress.items()):
-                        if p["_seq"] > progress_seen and (run_id is None or rid == run_id):
-                            data = {k: v for k, v in p.items() if k != "_seq"}
-                            yield ServerSentEventMessage(data=msgspec.json.encode(data).decode(), event="progress")
-                    progress_seen = rt.hub.progress_seq
-                if len(rows) < 500:
-                    seq = rt.hub.progress_seq
-                    await rt.hub.wait(15.0)
-                    if rt.hub.progress_seq == seq and not rows:
-                        yield ServerSentEventMessage(comment="keep-alive")
+                elif progress is not None:
+                    yield ServerSentEventMessage(data=msgspec.json.encode(progress).decode(), event="progress")
+                else:
+                    yield ServerSentEventMessage(comment="keep-alive")
 
         return ServerSentEvent(gen(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+async def follow_events(rt: Any, start: int, run_id: int | None = None, idle_s: float = 15.0) -> Any:
+    """The event stream's source (the API's ``/events/stream`` and the web UI's): yields
+    ``(events row, None)`` for each event after id ``start`` (of ``run_id``, or all), then
+    ``(None, progress)`` for each run whose progress changed (the current progress first:
+    a watcher joining mid-stage sees it at once), and ``(None, None)`` after ``idle_s``
+    without either. Rows come from the events table, so a reconnect resumes from its
+    last id and replicas see each other's events; the hub only says when to look."""
+    last = start
+    progress_seen = 0
+    while True:
+        if run_id is None:
+            rows = await rt.db.fetch("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT 500", last)
+        else:
+            rows = await rt.db.fetch("SELECT * FROM events WHERE id > $1 AND run_id = $2 ORDER BY id LIMIT 500", last, run_id)
+        for r in rows:
+            last = int(r["id"])
+            yield r, None
+        if rt.hub.progress_seq != progress_seen:
+            for rid, p in list(rt.hub.progress.items()):
+                if p["_seq"] > progress_seen and (run_id is None or rid == run_id):
+                    yield None, {k: v for k, v in p.items() if k != "_seq"}
+            progress_seen = rt.hub.progress_seq
+        if len(rows) < 500:
+            seq = rt.hub.progress_seq
+            await rt.hub.wait(idle_s)
+            if rt.hub.progress_seq == seq and not rows:
+                yield None, None

@@ -31,7 +31,7 @@ from vetting_core.plugins import Registry, load_registry
 from vetting_core.protocol import ErrorBody
 from vetting_core.text import printable
 
-from . import contract, edge
+from . import contract, edge, ui
 from .api_agent import EDGE_ROUTES, AgentController, ArtifactController, artifact_body_limit
 from .api_operator import EventController, HostController, RunController, SystemController
 from .database import safe_url
@@ -52,6 +52,7 @@ from .reporting import Reporting
 from .runs import RunService
 from .runtime import Runtime
 from .scheduler import Scheduler
+from .settings_service import RuntimeSettings
 
 log = structlog.get_logger()
 
@@ -182,6 +183,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     rt.netboot = NetBoot(rt)
     rt.firmware = FirmwareStore(rt)
     rt.campaigns = CampaignRunner(rt, rt.firmware)
+    rt.runtime_settings = RuntimeSettings(rt)
 
     async def audit_login_failures(message: str, data: dict[str, Any], actor: str | None) -> None:
         async with rt.unit() as u:
@@ -198,6 +200,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
             raise SystemExit(f"vetting: cannot open the database {safe_url(settings.database.url)}: {exc}") from None
         try:
             await migrate(rt.db)
+            await rt.runtime_settings.load()  # the web UI's overrides of runtime keys
             await rt.refresh_all_runs()
             async with anyio.create_task_group() as tg:
                 rt.tg = tg
@@ -210,6 +213,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
                 tg.start_soon(rt.peers.run)
                 tg.start_soon(rt.pxe.run)
                 tg.start_soon(rt.campaigns.run)
+                tg.start_soon(rt.runtime_settings.run)
                 try:
                     yield
                 finally:
@@ -243,7 +247,9 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
         route_handlers=[SystemController, agent, artifacts, HostController, RunController, EventController,
                         create_static_files_router(path=OPENAPI_ASSETS, directories=[OPENAPI_DIR],
                                                    include_in_schema=False, cache_control=CacheControlHeader(max_age=86400)),
-                        BootFileController, FirmwareController, images, RemediationController, FirmwareImageController],
+                        BootFileController, FirmwareController, images, RemediationController, FirmwareImageController,
+                        *([ui.router(), ui.static_router()] if settings.ui.enabled else [])],
+        template_config=ui.template_config(),
         lifespan=[lifespan],
         exception_handlers={
             ApiError: _api_error,
@@ -257,6 +263,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     )
     app.state.rt = app.rt = rt
     contract.install(app)
+    ui.install(app)
     return app
 
 

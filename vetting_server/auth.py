@@ -14,7 +14,7 @@ from typing import Any
 from .database import utcnow
 from .errors import forbidden, unauthorized
 from .limits import check_path_id
-from .runtime import HEARTBEAT_GRACE_S, TERMINAL_VALUES, RunAuth, Runtime
+from .runtime import AUDIT_SOURCE, HEARTBEAT_GRACE_S, TERMINAL_VALUES, RunAuth, Runtime
 from .security import token_hash
 
 OPERATOR_CACHE_S = 5.0
@@ -90,6 +90,7 @@ async def operator(request: Any) -> dict[str, Any]:
         return cached
     user = await _operator(request)
     request.state.operator_user = user
+    AUDIT_SOURCE.set({"client": request.client.host if request.client else None, "via": "api"})
     return user
 
 

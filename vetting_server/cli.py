@@ -439,7 +439,9 @@ def cmd_host_show(args: argparse.Namespace) -> int:
 
 def cmd_run_start(args: argparse.Namespace) -> int:
     c = Client(args)
-    body: dict[str, Any] = {"host_id": _host_id(c, args.host), "profile": args.profile, "non_destructive": args.non_destructive}
+    body: dict[str, Any] = {"host_id": _host_id(c, args.host), "non_destructive": args.non_destructive}
+    if args.profile:
+        body["profile"] = args.profile
     if args.stage:
         body["stages"] = args.stage
     r = c.call("POST", "/api/v1/runs", json=body)
@@ -760,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="runs").add_subparsers(dest="run_command", required=True, parser_class=_Parser)
     r = run.add_parser("start", help="start a run")
     r.add_argument("host", help="host id or name")
-    r.add_argument("--profile", default="quick")
+    r.add_argument("--profile", help="default: the server's runs.default_profile")
     r.add_argument("--non-destructive", action="store_true")
     r.add_argument("--stage", action="append", help="run only this stage (repeatable)")
     client_opts(r)

@@ -33,7 +33,7 @@ import anyio.to_thread
 
 from vetting_core.config import LoginSettings
 
-from .errors import ApiError
+from .errors import ApiError, unauthorized
 from .security import hash_password, verify_password
 
 MAX_KEYS = 100_000  # counters kept (per name and per source)
@@ -94,6 +94,23 @@ class LoginGuard:
     def succeeded(self, user: str, source: str) -> None:
         self._keys.pop(f"u:{user}", None)
         self._keys.pop(f"s:{source}", None)
+
+    async def authenticate(self, db: Any, name: str, password: str, source: str, spawn: Any) -> dict[str, Any]:
+        """The ``users`` row when ``password`` is right (rehashed when its hash is old),
+        else the :class:`ApiError` to answer: 429 while backing off, 401 for a wrong name
+        or password, after the same work either way. The API's login and the web UI's."""
+        key = name[:64]
+        self.begin(key, source)  # 429 while backing off
+        user = await db.fetchrow("SELECT * FROM users WHERE name = $1", name)
+        ok, rehash = await self.verify(password, None if user is None or user["disabled"] else user["password_hash"])
+        if not ok:
+            await self.failed(key, source, spawn)
+            raise unauthorized("wrong user name or password")
+        self.succeeded(key, source)
+        if rehash:  # an older hash (scrypt): replaced now that the password is at hand
+            await db.execute("UPDATE users SET password_hash = $2 WHERE id = $1 AND password_hash = $3",
+                             int(user["id"]), await self.rehash(password), user["password_hash"])
+        return user
 
     # ------------------------------------------------------------------ hashing
     async def verify(self, password: str, stored: str | None) -> tuple[bool, bool]:

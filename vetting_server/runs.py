@@ -45,7 +45,7 @@ from vetting_core.protocol import (
     ResultReply,
     StageResult,
 )
-from vetting_core.specdiff import spec_to_dict
+from vetting_core.specdiff import SpecIgnore, spec_to_dict
 from vetting_core.statemachine import (
     AGENT_ACTIVE,
     InvalidTransition,
@@ -205,6 +205,9 @@ class RunService:
             spec = parse_host_spec(host["expected_spec_yaml"])
         except FieldError as exc:
             raise ApiError(422, f"host {host['name']}: stored expected spec is invalid: {exc}") from None
+        if spec is not None:  # the differences this host's operators chose to ignore (the web UI's spec_ignores)
+            spec.ignore = [*spec.ignore, *[SpecIgnore(field=r["field"], actual=r["actual"]) for r in await self.db.fetch(
+                "SELECT field, actual FROM spec_ignores WHERE host_id = $1 ORDER BY id", int(host["id"]))]]
         if host["boot_provider"] == "agent":
             non_destructive = True  # host mode runs on an installed machine: never destructive
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,6 +37,9 @@ log = structlog.get_logger()
 
 TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 HEARTBEAT_GRACE_S = 600.0  # a finished run's agent may still heartbeat this long (to hear shutdown)
+AUDIT_SOURCE: ContextVar[dict[str, Any] | None] = ContextVar("audit_source", default=None)
+"""Where the request being answered comes from (client address, API or web UI): set when
+an operator is authenticated, added to every ``audit.*`` event as ``data.source``."""
 
 
 @dataclass
@@ -82,6 +86,8 @@ class Unit:
         plan_id: int | None = None,
     ) -> int:
         now = utcnow()
+        if kind.startswith("audit.") and (source := AUDIT_SOURCE.get()) is not None:
+            data = {**(data or {}), "source": source}
         data_json = None if data is None else msgspec.json.encode(data).decode()
         event_id = await self.tx.fetchval(
             "INSERT INTO events (run_id, host_id, ts, level, kind, message, actor, data_json, plan_id) "
@@ -150,6 +156,7 @@ class Runtime:
         self.firmware: Any = None  # firmware.store.FirmwareStore
         self.campaigns: Any = None  # firmware.runner.CampaignRunner
         self.login: Any = None  # LoginGuard
+        self.runtime_settings: Any = None  # settings_service.RuntimeSettings (owns self.settings once running)
         self._last_full: datetime | None = None
         self._last_refresh: datetime | None = None
 

@@ -67,7 +67,7 @@ class HostOut(msgspec.Struct, kw_only=True):
 class RunStart(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host_id: Annotated[int, Meta(ge=0, le=INT64_MAX)] | msgspec.UnsetType = msgspec.UNSET
     host: str | msgspec.UnsetType = msgspec.UNSET  # host name, instead of host_id
-    profile: str = "quick"
+    profile: str | None = None  # None: the server's runs.default_profile
     non_destructive: bool = False
     stages: Annotated[list[str], Meta(max_length=1000)] | None = None  # run only these stages of the profile
 

@@ -335,8 +335,34 @@ class ApiTokens(Table, tablename="api_tokens"):
     revoked = Boolean(default=False)
 
 
+class UiSessions(Table, tablename="ui_sessions"):
+    """A web UI login (only the SHA-256 of the cookie's id is stored)."""
+
+    token_hash = Text(unique=True)
+    user_id = ForeignKey(Users, on_delete=OnDelete.cascade)
+    csrf_token = Text()
+    created_at = Timestamptz()
+    last_seen_at = Timestamptz()
+    idle_until = Timestamptz()
+    expires_at = Timestamptz()
+    client = Text(null=True)
+    user_agent = Text(null=True)
+
+
+class SpecIgnores(Table, tablename="spec_ignores"):
+    """An expected-spec difference ignored for a host: later runs carry it in their spec."""
+
+    host_id = ForeignKey(Hosts, on_delete=OnDelete.cascade)
+    field = Text()
+    actual = Text(null=True)
+    expected = Text(null=True)
+    reason = Text(default="")
+    created_by = Text(null=True)
+    created_at = Timestamptz()
+
+
 TABLES: tuple[type[Table], ...] = (
     Hosts, Runs, Stages, SubSteps, Measurements, LogLines, Batches, StageResults, Artifacts, SpecDiffs,
     Thresholds, ThresholdEvaluations, ThresholdTallies, FirmwareSnapshots, Events, Settings, Users, ApiTokens,
-    FirmwareArtifacts, FirmwarePlans, FirmwarePlanArtifacts, FirmwareUpdates,
+    FirmwareArtifacts, FirmwarePlans, FirmwarePlanArtifacts, FirmwareUpdates, UiSessions, SpecIgnores,
 )

@@ -36,9 +36,10 @@ async def run(ctx: StageContext) -> None:
     ctx.summary["spec_diffs"] = [msgspec.to_builtins(d) for d in diffs]
     counts = {s.value: sum(1 for d in diffs if d.severity is s) for s in Severity}
     ctx.summary["counts"] = counts
+    ctx.summary["ignored"] = sum(1 for d in diffs if d.ignored)
     for d in diffs:
-        level = {"critical": "error", "warning": "warning"}.get(d.severity.value, "info")
-        ctx.log(f"[{d.severity.value}] {d.field}: {d.message}", level=level)
+        level = "info" if d.ignored else {"critical": "error", "warning": "warning"}.get(d.severity.value, "info")
+        ctx.log(f"[{d.severity.value}] {d.field}: {d.message}" + (" (ignored for this host)" if d.ignored else ""), level=level)
     bad = critical(diffs)
     if bad:
         head = "; ".join(f"{d.field}: {d.message}" for d in bad[:5])

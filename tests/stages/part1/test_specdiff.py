@@ -200,3 +200,20 @@ def test_huge_and_deep_documents_are_rejected():
 def test_invalid_inventory_document_is_a_clear_error(spec):
     with pytest.raises(ValueError, match="invalid inventory"):
         diff_spec(spec, {"cpu": {"sockets": "two"}})
+
+
+def test_an_ignored_difference_is_kept_marked_and_fails_nothing_while_the_value_holds(spec):
+    # the documented example ignores memory.total_gib while it reads 1920 (two DIMMs away for repair)
+    assert [(i.field, i.actual) for i in spec.ignore] == [("memory.total_gib", "1920")]
+    inv = fresh()
+    for _ in range(2):
+        inv["memory"]["total_gib"] -= inv["memory"]["dimms"].pop()["size_gib"]
+    diffs = {d.field: d for d in diff_spec(spec, inv)}
+    assert diffs["memory.total_gib"].ignored and diffs["memory.total_gib"].actual == "1920"
+    assert {d.field for d in critical(diffs.values())} == {"memory.dimm_count"}  # not ignored: still fails
+    inv["memory"]["total_gib"] -= inv["memory"]["dimms"].pop()["size_gib"]  # a third one fails: 1856
+    again = {d.field: d for d in diff_spec(spec, inv)}
+    assert not again["memory.total_gib"].ignored and "memory.total_gib" in {d.field for d in critical(again.values())}
+    # without `actual`, whatever the host shows
+    any_value = spec_from_dict({**spec_to_dict(spec), "ignore": [{"field": "memory.total_gib"}]})
+    assert {d.field: d for d in diff_spec(any_value, inv)}["memory.total_gib"].ignored
