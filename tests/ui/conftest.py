@@ -137,13 +137,13 @@ class Agents:
 
     def _start(self, args: list[str], token: str, name: str) -> subprocess.Popen[str]:
         log = self.tmp / f"agent-{name}.log"
-        env = {**os.environ, **self.server.plugin_env, "VETTING_AGENT_TOKEN": token,  # type: ignore[attr-defined]
-               "VETTING_AGENT_SPOOL": str(self.tmp / f"spool-{name}")}
+        environ = {**os.environ, **self.server.plugin_env, "VETTING_AGENT_TOKEN": token,  # type: ignore[attr-defined]
+                   "VETTING_AGENT_SPOOL": str(self.tmp / f"spool-{name}")}
         proc = subprocess.Popen(
             [sys.executable, "-m", "vetting_agent.cli", *args, "--server", self.server.base_url,
              "--spool-dir", str(self.tmp / f"spool-{name}"), "--authorized-keys", str(self.tmp / f"keys-{name}"),
              "--no-sensors", "--final-wait", "5", "--backoff-cap", "1"],
-            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True, cwd=self.tmp,
+            env=environ, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True, cwd=self.tmp,
         )
         self.procs.append((proc, log))
         return proc

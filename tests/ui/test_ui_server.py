@@ -37,6 +37,43 @@ async def login(env, name: str = "alice", password: str = PASSWORD):
     return r
 
 
+async def sse_blocks(env, path: str, until, timeout: float = 10.0) -> list[str]:
+    """The blocks of an endless event stream, read straight from the ASGI app (httpx's
+    ASGI transport waits for a response's end) until one satisfies ``until``."""
+    import anyio
+
+    cookie = "; ".join(f"{c.name}={c.value}" for c in env.client.cookies.jar if c.name.startswith("__Host-vetting-session"))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path.split("?")[0], "raw_path": path.split("?")[0].encode(), "query_string": path.partition("?")[2].encode(),
+             "headers": [(b"host", b"testserver"), (b"cookie", cookie.encode())], "client": ("127.0.0.1", 1),
+             "server": ("testserver", 80), "state": {}}
+    blocks: list[str] = []
+    text = ""
+    done = anyio.Event()
+
+    async def receive() -> dict:
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        nonlocal text
+        if message["type"] == "http.response.start":
+            assert message["status"] == 200, message
+        elif message["type"] == "http.response.body":
+            text += message.get("body", b"").decode()
+            *whole, text = text.replace("\r\n", "\n").split("\n\n")
+            blocks.extend(b for b in whole if b.strip())
+            if any(until(b) for b in blocks):
+                done.set()
+
+    with anyio.fail_after(timeout):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(env.app, scope, receive, send)
+            await done.wait()
+            tg.cancel_scope.cancel()
+    return blocks
+
+
 def csrf(html: str) -> str:
     return re.search(r'"X-CSRF-Token": "([^"]+)"', html)[1]
 
@@ -171,6 +208,27 @@ async def test_the_log_tail_resumes_after_last_event_id_and_renders_ansi_safely(
     assert again[0]["data"].count('class="ln') == 1 and "red" in again[0]["data"]
     r = await env.client.get(f"/ui/runs/{run_id}/log", headers={"Last-Event-ID": "x"})
     assert r.status_code == 400
+
+
+async def test_a_run_page_stream_starts_where_the_page_was_rendered(env):
+    """An event written between the page's render and its stream's opening (the agent
+    claims as the page loads) still reaches the page, and the stream's first block sets
+    the EventSource's Last-Event-ID, so a reconnect before any event resumes from there."""
+    await add_user(env)
+    await login(env)
+    host = await env.create_host("node1", "aa:bb:cc:00:00:01")
+    run_id, tok = await env.start_run(host["id"])
+    html = (await env.client.get(f"/runs/{run_id}")).text
+    url = re.search(r'sse-connect="(/ui/runs/\d+/stream\?after=(\d+))"', html)
+    assert url, "the run page opens its stream at the event it was rendered at"
+    dash = re.search(r'sse-connect="/ui/stream\?after=(\d+)"', (await env.client.get("/")).text)
+    assert dash and int(dash[1]) >= int(url[2])
+    r = await env.agent("POST", f"/api/v1/runs/{run_id}/hello", tok, json={"agent_version": "t", "hostname": "node1"})
+    assert r.status_code == 200, r.text  # after the render, before the stream
+
+    blocks = await sse_blocks(env, url[1], until=lambda b: "event: run" in b)
+    assert f"id: {url[2]}" in blocks[0].splitlines()
+    assert any("event: run" in b for b in blocks[1:])
 
 
 def test_ansi_colours_become_classes_and_every_other_sequence_is_dropped():

@@ -18,6 +18,7 @@ from litestar.response import Template
 from ..limits import PathId
 from . import queries
 from .render import page
+from .streams import event_cursor
 
 FILTER_STATES = ("attention", "active", *queries.STATES)
 
@@ -61,7 +62,9 @@ class DashboardController(Controller):
 
     @get("/")
     async def dashboard(self, request: Request) -> Template:
-        return page(request, "dashboard.html.j2", **await tiles_context(request), **await summary_context(request))
+        events_after = await event_cursor(request.app.state.rt.db)
+        return page(request, "dashboard.html.j2", events_after=events_after,
+                    **await tiles_context(request), **await summary_context(request))
 
     @get("/ui/tiles")
     async def tiles(self, request: Request) -> Template:

@@ -33,6 +33,7 @@ from ..runtime import TERMINAL_VALUES
 from . import api, queries
 from .charts import live_charts
 from .render import page
+from .streams import event_cursor
 
 MAX_TOKENS = 1000
 
@@ -105,11 +106,12 @@ class RunPageController(Controller):
         return await self._page(request, run_id)
 
     async def _page(self, request: Request, run_id: int, status: int = 200, **extra: Any) -> Template:
+        events_after = await event_cursor(request.app.state.rt.db)
         ctx = await run_context(request, run_id)
         charts = await live_charts(request.app.state.rt, ctx["run"], ctx["stages"])
         created = tokens(request).pop((request.state.ui_session.id, run_id), None)
         return page(request, "run.html.j2", status_code=status, **ctx, charts=charts, created=created,
-                    public_url=request.app.state.rt.public_url, **extra)
+                    public_url=request.app.state.rt.public_url, events_after=events_after, **extra)
 
     @get("/ui/runs/{run_id:int}/timeline")
     async def timeline(self, request: Request, run_id: PathId) -> Template:

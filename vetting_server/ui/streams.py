@@ -58,6 +58,13 @@ def last_event_id(request: Request) -> int | None:
         raise ApiError(400, f"Last-Event-ID must be a number, got {value[:40]!r}") from None
 
 
+async def event_cursor(db: Any) -> int:
+    """The newest event's id. A page reads it *before* what it renders and opens its
+    stream with ``?after=`` it, so an event written between the render and the stream's
+    opening (a run that starts as its page loads) still reaches the page."""
+    return int(await db.fetchval("SELECT coalesce(max(id), 0) FROM events") or 0)
+
+
 def render_lines(rows: list[dict[str, Any]]) -> str:
     return "".join(
         f'<span class="ln lvl-{escape(r["level"] or "info")}"><time>{as_dt(r["ts"]).strftime("%H:%M:%S")}</time> '
@@ -72,11 +79,13 @@ async def _events(request: Request, run_id: int | None, on_row: Any, on_progress
     a fragment per message, and a heartbeat may carry new progress twice a second)."""
     rt = request.app.state.rt
     start = last_event_id(request)
-    start = int(await rt.db.fetchval("SELECT coalesce(max(id), 0) FROM events") or 0) if start is None else start
+    start = await event_cursor(rt.db) if start is None else start
     sent: dict[int, float] = {}
 
     async def gen() -> AsyncIterator[ServerSentEventMessage]:
-        yield ServerSentEventMessage(comment="vetting events", retry=2000)
+        # the id sets the EventSource's Last-Event-ID before any event arrives: a reconnect
+        # (say, while the server restarts) resumes here even if only progress came since
+        yield ServerSentEventMessage(comment="vetting events", retry=2000, id=start)
         async for row, progress in follow_events(rt, start, run_id, KEEPALIVE_S):
             if row is not None:
                 messages = on_row(row)
