@@ -46,7 +46,7 @@ from vetting_core.plugins import Registry
 from vetting_core.profiles import ProfileError, plan_run
 from vetting_core.protocol import LogLine, StageResult
 from vetting_core.specdiff import ExpectedSpec, diff_spec, parse_spec, spec_to_dict
-from vetting_core.thresholds import ThresholdEngine
+from vetting_core.thresholds import ThresholdEngine, judge_stage
 
 from .execution import build_context, run_planned
 from .netinfo import boot_id
@@ -223,7 +223,6 @@ async def run_local(registry: Registry, options: LocalOptions) -> LocalOutcome:
                 result: StageResult = await run_planned(registry, planned, ctx)
                 sidecar.stage = None
                 stage_samples = sink.samples[first_sample:]
-                verdict, reason = result.verdict, result.reason
                 judged = engine.evaluate(stage_samples)
                 for b in judged.breaches:
                     rule = engine.rules[b.rule]
@@ -234,9 +233,10 @@ async def run_local(registry: Registry, options: LocalOptions) -> LocalOutcome:
                             observed=b.observed, passed=False, severity=rule.severity,
                         )
                     )
-                critical = engine.critical(judged.breaches)
-                if critical and verdict is Verdict.passed:
-                    verdict, reason = Verdict.failed, _breach_reason(engine, critical, stage_samples)
+                verdict, reason = judge_stage(
+                    result.verdict, result.reason, engine.critical(judged.breaches),
+                    lambda critical: _breach_reason(engine, critical, stage_samples),
+                )
                 if result.inventory is not None:
                     inventory = result.inventory
                 if planned.runs_on == "orchestrator" and spec is not None and inventory and not spec_diffs:

@@ -50,6 +50,7 @@ from .model import (
     Measurement,
     Run,
     RunRecord,
+    Severity,
     Stage,
     ThresholdEvaluation,
     ThresholdRule,
@@ -58,7 +59,7 @@ from .model import (
 from .plugins import Registry, load_registry
 from .protocol import LogLine, StageResult
 from .records import OperatorSpec, StageSpec
-from .thresholds import BUILTIN_OPERATORS, ThresholdEngine
+from .thresholds import BUILTIN_OPERATORS, ThresholdEngine, judge_stage
 
 __all__ = [
     "Capture",
@@ -172,12 +173,10 @@ class StageRun:
         return [j for j in self.judge() if not j.passed]
 
     def final_verdict(self) -> Verdict:
-        """The orchestrator's view: a critical breach fails a stage the plugin passed."""
-        if self.verdict is Verdict.passed and any(
-            j.rule.severity.value == "critical" for j in self.breaches()
-        ):
-            return Verdict.failed
-        return self.verdict
+        """The orchestrator's view (:func:`~vetting_core.thresholds.judge_stage`): a
+        critical breach fails a stage the plugin passed."""
+        critical = [j for j in self.breaches() if j.rule.severity is Severity.critical]
+        return judge_stage(self.verdict, self.reason, critical).verdict
 
 
 async def run_stage(
