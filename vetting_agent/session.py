@@ -40,13 +40,14 @@ from vetting_core.protocol import (
     ResultReply,
     StageResult,
 )
-from vetting_core.context import utcnow
+from vetting_core.context import build_context, stage_workdir, utcnow
+from vetting_core.statemachine import ENDED, FAILED, RunState
 
 from . import AGENT_VERSION
 from .backoff import Backoff, jittered
 from .client import AgentClient, AuthRejected, ClientError, Rejected, Unreachable, decode_ack, decode_result_reply
 from .cmdline import RunCoordinates
-from .execution import build_context, run_planned
+from .execution import run_planned
 from .peers import orchestrator_peers
 from .uploads import read_uploads
 from .hold import DEFAULT_AUTHORIZED_KEYS, install_key
@@ -60,8 +61,6 @@ from .spool import KIND_LOG, KIND_SENSOR, Spool, SpoolRejected
 log = structlog.get_logger()
 
 Mode = Literal["pxe", "connect", "host"]
-FAILED_STATES = ("Failed", "FailedHolding")
-ENDED_STATES = ("Completed", "Released", "Cancelled")
 
 
 @dataclass
@@ -316,7 +315,7 @@ class RunSession:
                     return False, self._reason_from_fatal() or self.conflict
                 state[reply.stage] = reply.verdict
                 self.verdicts[reply.stage] = reply.verdict.value
-                if reply.verdict is Verdict.failed or reply.hold or reply.next_state in FAILED_STATES:
+                if reply.verdict is Verdict.failed or reply.hold or reply.next_state in FAILED:
                     return await self._after_failure(reply)
 
         i = 0
@@ -348,7 +347,7 @@ class RunSession:
                     continue
                 if self.ended or self.fatal:
                     return False, self._reason_from_fatal() or f"run ended by the orchestrator ({self.ended})"
-                if self.server_failed or self.run_state in FAILED_STATES:
+                if self.server_failed or self.run_state in FAILED:
                     self.server_failed = True
                     continue  # the top of the loop asks for a hold
                 return False, self.conflict or f"stage {planned.name} was interrupted"
@@ -358,14 +357,14 @@ class RunSession:
                 inventory = result_inventory
                 await self.spool.set_value("inventory", inventory)
             self.run_state = reply.next_state
-            if reply.hold or reply.verdict is Verdict.hold or reply.next_state in FAILED_STATES or reply.verdict is Verdict.failed:
+            if reply.hold or reply.verdict is Verdict.hold or reply.next_state in FAILED or reply.verdict is Verdict.failed:
                 outcome = await self._after_failure(reply)
                 if self.retries:  # an operator override re-entered a stage
                     continue
                 return outcome
             if reply.next_stage and reply.next_stage in index:
                 i = index[reply.next_stage]
-            elif reply.next_state != "Running":
+            elif reply.next_state != RunState.Running:
                 return self._pipeline_ok(), None
             else:
                 i += 1
@@ -389,10 +388,11 @@ class RunSession:
             )
         else:
             ctx = build_context(
-                self.registry,
-                planned,
+                planned.name,
+                registry=self.registry,
+                params=planned.params,
                 sink=self.out,
-                workdir=self.options.spool_dir / f"run-{self.run_id}-work",
+                workdir=stage_workdir(self.options.spool_dir / f"run-{self.run_id}-work", planned.name, planned.ordinal),
                 profile=claim.profile,
                 run_id=self.run_id,
                 inventory=inventory,
@@ -476,7 +476,7 @@ class RunSession:
         ip = self.options.hold_ip or self.ip or "<this host>"
         self.hold_ssh = hold.ssh_command or f"ssh {hold.user}@{ip}"
         self.holding = True
-        self.run_state = "FailedHolding"
+        self.run_state = RunState.FailedHolding.value
         self._agent_log(
             f"agent: holding for inspection until {hold.expires_at.isoformat()}: {self.hold_ssh}", level="warning"
         )
@@ -517,12 +517,12 @@ class RunSession:
                           items=entry.items, status=exc.status, detail=exc.detail)
                 continue
             except AuthRejected as exc:
-                if not (self.ended or self.run_state in ENDED_STATES):
+                if not (self.ended or self.run_state in ENDED):
                     # a run that ended (cancelled, released) kills its token: the
                     # heartbeat, still accepted, says so and carries the command
                     with contextlib.suppress(ClientError):
                         self._handle(await self.client.heartbeat(Heartbeat(stage=self.current_stage)))
-                if self.ended or self.run_state in ENDED_STATES:
+                if self.ended or self.run_state in ENDED:
                     log.warning("spool.run_ended", state=self.run_state, pending=self.spool.pending)
                     return
                 self._die(AgentFatal(f"the orchestrator rejected this agent's token: {exc}"))
@@ -560,7 +560,7 @@ class RunSession:
                 if failing == 1 or failing % 10 == 0:
                     log.warning("heartbeat.unreachable", error=str(exc), missed=failing)
             except AuthRejected as exc:
-                if self.ended or self.run_state in ENDED_STATES:
+                if self.ended or self.run_state in ENDED:
                     return
                 self._die(AgentFatal(f"heartbeat refused: {exc}"))
                 return
@@ -578,7 +578,7 @@ class RunSession:
             self.run_state = reply.state
             self._poke()
         if reply.cmd == "continue":
-            if reply.state in FAILED_STATES and not self.holding and not self.server_failed:
+            if reply.state in FAILED and not self.holding and not self.server_failed:
                 # the orchestrator failed the run without our result (AgentLost, a timeout)
                 self.server_failed = True
                 log.warning("agent.run_failed_on_server", state=reply.state)
@@ -617,7 +617,7 @@ class RunSession:
                 log.error("spool.not_drained", pending=self.spool.pending)
         if wait_for_end and self.fatal is None and self.ended is None:
             with anyio.move_on_after(self.options.final_wait_s):
-                while not self.ended and self.run_state not in ENDED_STATES and not self.fatal:
+                while not self.ended and self.run_state not in ENDED and not self.fatal:
                     await self._wake.wait()
 
     def _power_off(self) -> None:

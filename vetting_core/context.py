@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import anyio
 import structlog
@@ -25,6 +25,9 @@ from .model import Artifact, FirmwareSnapshot, Measurement, SubStep, ThresholdRu
 from .protocol import LogLine, StageResult
 from .records import ProbeSpec, StageSpec
 from .tools import ToolNotFound, ToolResult, run_tool, stream_tool
+
+if TYPE_CHECKING:
+    from .plugins import Registry
 
 log = structlog.get_logger()
 
@@ -362,6 +365,54 @@ class StageContext:
         if artifact:
             self.save_text(artifact, f"{artifact}.txt", result.stdout)
         return result
+
+
+def build_context(
+    stage: str,
+    *,
+    sink: Sink,
+    workdir: Path,
+    params: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
+    profile: str = "quick",
+    run_id: int | None = None,
+    inventory: Mapping[str, Any] | None = None,
+    spec: Mapping[str, Any] | None = None,
+    non_destructive: bool = True,
+    override_flags: Mapping[str, Any] | None = None,
+    thresholds: Sequence[ThresholdRule] = (),
+    peers: Peers | None = None,
+) -> StageContext:
+    """The context a runner hands to one stage: the one place that decides what a stage
+    is given, used by the agent (connected and local modes) and the plugin test kit.
+
+    ``registry``: the runner's plugin registry; its inventory probes become
+    ``ctx.probes`` (InventoryCheck runs them). Without one the stage sees ``None`` and
+    InventoryCheck falls back to the built-in probes, as a plugin author's test wants.
+    ``workdir`` is the stage's own scratch directory; :func:`stage_workdir` names it
+    inside a run's work root.
+    """
+    return StageContext(
+        stage=stage,
+        sink=sink,
+        workdir=workdir,
+        params=params,
+        profile=profile,
+        run_id=run_id,
+        inventory=inventory,
+        spec=spec,
+        non_destructive=non_destructive,
+        override_flags=override_flags,
+        thresholds=thresholds,
+        probes=list(registry.probes.values()) if registry is not None else None,
+        peers=peers,
+    )
+
+
+def stage_workdir(root: Path, stage: str, ordinal: int) -> Path:
+    """``<root>/<NN>-<stage>``: one scratch directory per planned stage of a run, in
+    plan order, so a run's work root reads like its plan."""
+    return Path(root) / f"{ordinal:02d}-{stage}"
 
 
 def _cannot_run(exc: Exception, summary: dict[str, Any]) -> str:

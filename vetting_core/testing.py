@@ -44,7 +44,7 @@ import msgspec
 import pytest
 
 from . import builtin
-from .context import MemorySink, Peers, StageContext, execute_stage
+from .context import MemorySink, Peers, StageContext, build_context, execute_stage
 from .model import (
     Host,
     Measurement,
@@ -59,6 +59,7 @@ from .model import (
 from .plugins import Registry, load_registry
 from .protocol import LogLine, StageResult
 from .records import OperatorSpec, StageSpec
+from .statemachine import RunState
 from .thresholds import BUILTIN_OPERATORS, ThresholdEngine, judge_stage
 
 __all__ = [
@@ -220,8 +221,8 @@ async def run_stage(
     rules = default_rules(stage, thresholds)
     ops = dict(registry.operators) if registry is not None else {o.name: o for o in BUILTIN_OPERATORS}
     ops.update({o.name: o for o in operators})
-    ctx = StageContext(
-        stage=stage.name,
+    ctx = build_context(
+        stage.name,
         sink=sink,
         workdir=Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="vetting-stage-")),
         params=merged,
@@ -301,7 +302,7 @@ def run_record(*runs: StageRun, host_name: str = "test-host", profile: str = "qu
         run=Run(
             id=1,
             host_id=1,
-            state="Failed" if failed else "Completed",
+            state=(RunState.Failed if failed else RunState.Completed).value,
             result="failed" if failed else "passed",
             failed_stage=failed,
             profile=profile,
