@@ -367,46 +367,21 @@ class StageContext:
         return result
 
 
-def build_context(
-    stage: str,
-    *,
-    sink: Sink,
-    workdir: Path,
-    params: Mapping[str, Any] | None = None,
-    registry: Registry | None = None,
-    profile: str = "quick",
-    run_id: int | None = None,
-    inventory: Mapping[str, Any] | None = None,
-    spec: Mapping[str, Any] | None = None,
-    non_destructive: bool = True,
-    override_flags: Mapping[str, Any] | None = None,
-    thresholds: Sequence[ThresholdRule] = (),
-    peers: Peers | None = None,
-) -> StageContext:
+def build_context(stage: str, *, registry: Registry | None = None, **inputs: Any) -> StageContext:
     """The context a runner hands to one stage: the one place that decides what a stage
-    is given, used by the agent (connected and local modes) and the plugin test kit.
+    is given beyond the run's inputs, used by the agent (connected and local modes,
+    inventory collection) and the plugin test kit.
 
+    ``inputs`` are :class:`StageContext`'s (``sink``, ``workdir``, ``params``, ...).
     ``registry``: the runner's plugin registry; its inventory probes become
     ``ctx.probes`` (InventoryCheck runs them). Without one the stage sees ``None`` and
     InventoryCheck falls back to the built-in probes, as a plugin author's test wants.
     ``workdir`` is the stage's own scratch directory; :func:`stage_workdir` names it
     inside a run's work root.
     """
-    return StageContext(
-        stage=stage,
-        sink=sink,
-        workdir=workdir,
-        params=params,
-        profile=profile,
-        run_id=run_id,
-        inventory=inventory,
-        spec=spec,
-        non_destructive=non_destructive,
-        override_flags=override_flags,
-        thresholds=thresholds,
-        probes=list(registry.probes.values()) if registry is not None else None,
-        peers=peers,
-    )
+    if registry is not None:
+        inputs["probes"] = list(registry.probes.values())
+    return StageContext(stage=stage, **inputs)
 
 
 def stage_workdir(root: Path, stage: str, ordinal: int) -> Path:
