@@ -150,6 +150,12 @@ class StageContext:
     - ``workdir``: a private scratch directory for artifacts.
     - ``probes``: the registered inventory probes (InventoryCheck runs them), or ``None``.
     - ``peer(kind)``: lease a test peer the orchestrator supervises (see :meth:`peer`).
+
+    It owns what one stage run produces until :func:`execute_stage` turns it into a
+    ``StageResult``: the summary, sub-steps, artifacts, firmware snapshots and the
+    inventory document (``inventory_out``), and the progress estimate. Log lines and
+    samples are not kept: they go straight to the runner's ``sink``. Build one with
+    :func:`build_context`.
     """
 
     def __init__(
