@@ -1,56 +1,20 @@
 """Running one planned stage: shared by the connected modes and local mode.
 
-The agent never calls a stage plugin directly: it builds a :class:`StageContext` and
-goes through :func:`vetting_core.context.execute_stage`, which turns "does not
-apply", exceptions and timeouts into a verdict. What the agent adds here: a stage
-whose plugin is not installed becomes a ``failed`` result naming the installed ones,
-and the InventoryCheck stage gets the registered probes.
+The agent never calls a stage plugin directly: it builds a :class:`StageContext` with
+:func:`vetting_core.context.build_context` (which hands InventoryCheck the registered
+probes) and goes through :func:`vetting_core.context.execute_stage`, which turns "does
+not apply", exceptions and timeouts into a verdict. What the agent adds here: a stage
+whose plugin is not installed becomes a ``failed`` result naming the installed ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
 
-from vetting_core.context import Peers, Sink, StageContext, execute_stage, utcnow
-from vetting_core.model import ThresholdRule, Verdict
+from vetting_core.context import StageContext, execute_stage, utcnow
+from vetting_core.model import Verdict
 from vetting_core.plugins import Registry, UnknownNameError
 from vetting_core.protocol import PlannedStage, StageResult
-
-
-def build_context(
-    registry: Registry,
-    planned: PlannedStage,
-    *,
-    sink: Sink,
-    workdir: Path,
-    profile: str,
-    run_id: int | None,
-    inventory: Mapping[str, Any] | None,
-    spec: Mapping[str, Any] | None,
-    non_destructive: bool,
-    override_flags: Mapping[str, Any] | None,
-    thresholds: Sequence[ThresholdRule],
-    peers: Peers | None = None,
-) -> StageContext:
-    """The context of one planned stage; InventoryCheck gets the registered probes."""
-    return StageContext(
-        stage=planned.name,
-        sink=sink,
-        workdir=workdir / f"{planned.ordinal:02d}-{planned.name}",
-        params=planned.params,
-        profile=profile,
-        run_id=run_id,
-        inventory=inventory,
-        spec=spec,
-        non_destructive=non_destructive,
-        override_flags=override_flags,
-        thresholds=thresholds,
-        probes=list(registry.probes.values()),
-        peers=peers,
-    )
 
 
 def missing_plugin_result(name: str, error: Exception) -> StageResult:

@@ -12,11 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vetting_core.context import MemorySink
+from vetting_core.context import MemorySink, build_context, stage_workdir
 from vetting_core.plugins import Registry
 from vetting_core.protocol import PlannedStage
 
-from .execution import build_context, run_planned
+from .execution import run_planned
 
 INVENTORY_STAGE = "InventoryCheck"
 
@@ -27,8 +27,8 @@ async def collect(registry: Registry, workdir: Path | None = None) -> dict[str, 
     planned = PlannedStage(name=INVENTORY_STAGE, ordinal=0, timeout_s=registry.stages[INVENTORY_STAGE].timeout_s)
     with tempfile.TemporaryDirectory(prefix="vetting-inventory-") as tmp:
         ctx = build_context(
-            registry, planned, sink=MemorySink(), workdir=workdir or Path(tmp), profile="quick", run_id=None,
-            inventory=None, spec=None, non_destructive=True, override_flags=None, thresholds=(),
+            planned.name, registry=registry, sink=MemorySink(),
+            workdir=stage_workdir(workdir or Path(tmp), planned.name, planned.ordinal),
         )
         result = await run_planned(registry, planned, ctx)
     return result.inventory or {}

@@ -27,7 +27,7 @@ import anyio
 import msgspec
 import structlog
 
-from vetting_core.context import utcnow
+from vetting_core.context import build_context, stage_workdir, utcnow
 from vetting_core.model import (
     Event,
     Host,
@@ -46,9 +46,10 @@ from vetting_core.plugins import Registry
 from vetting_core.profiles import ProfileError, plan_run
 from vetting_core.protocol import LogLine, StageResult
 from vetting_core.specdiff import ExpectedSpec, diff_spec, parse_spec, spec_to_dict
-from vetting_core.thresholds import ThresholdEngine
+from vetting_core.statemachine import RunState
+from vetting_core.thresholds import ThresholdEngine, judge_stage
 
-from .execution import build_context, run_planned
+from .execution import run_planned
 from .netinfo import boot_id
 from .progress import ProgressPrinter
 from .sidecar import SensorSidecar
@@ -206,10 +207,11 @@ async def run_local(registry: Registry, options: LocalOptions) -> LocalOutcome:
                 printer.start_stage(n, planned.name)
                 first_sample = len(sink.samples)
                 ctx = build_context(
-                    registry,
-                    planned,
+                    planned.name,
+                    registry=registry,
+                    params=planned.params,
                     sink=sink,
-                    workdir=workdir,
+                    workdir=stage_workdir(workdir, planned.name, planned.ordinal),
                     profile=plan.profile,
                     run_id=None,
                     inventory=inventory,
@@ -223,7 +225,6 @@ async def run_local(registry: Registry, options: LocalOptions) -> LocalOutcome:
                 result: StageResult = await run_planned(registry, planned, ctx)
                 sidecar.stage = None
                 stage_samples = sink.samples[first_sample:]
-                verdict, reason = result.verdict, result.reason
                 judged = engine.evaluate(stage_samples)
                 for b in judged.breaches:
                     rule = engine.rules[b.rule]
@@ -234,9 +235,10 @@ async def run_local(registry: Registry, options: LocalOptions) -> LocalOutcome:
                             observed=b.observed, passed=False, severity=rule.severity,
                         )
                     )
-                critical = engine.critical(judged.breaches)
-                if critical and verdict is Verdict.passed:
-                    verdict, reason = Verdict.failed, _breach_reason(engine, critical, stage_samples)
+                verdict, reason = judge_stage(
+                    result.verdict, result.reason, engine.critical(judged.breaches),
+                    lambda critical: _breach_reason(engine, critical, stage_samples),
+                )
                 if result.inventory is not None:
                     inventory = result.inventory
                 if planned.runs_on == "orchestrator" and spec is not None and inventory and not spec_diffs:
@@ -284,7 +286,7 @@ async def run_local(registry: Registry, options: LocalOptions) -> LocalOutcome:
         ),
         run=Run(
             host_id=0,
-            state="Completed" if passed else "Failed",
+            state=(RunState.Completed if passed else RunState.Failed).value,
             result=run_result,
             failed_stage=failed_stage,
             reason=fail_reason or (summary if not_run else None),

@@ -5,8 +5,12 @@
 orchestrator's ``next_stage`` points): run it, stream its lines and samples through
 the spool, queue its result behind them, wait for the orchestrator's verdict, act on
 it (next stage, hold, stop). Beside the pipeline, in one task group: the spool
-deliverer, the buffer flusher, the sensor sidecar and the heartbeat loop, whose reply
-carries the control channel (``continue``, ``shutdown``, ``abort``, ``retry_stage``).
+deliverer (:mod:`vetting_agent.delivery`), the buffer flusher, the sensor sidecar and
+the heartbeat loop, whose reply carries the control channel (``continue``,
+``shutdown``, ``abort``, ``retry_stage``; :mod:`vetting_agent.control`).
+
+:class:`RunSession` connects (hello, claim, the spool); :class:`ClaimedRun` runs the
+pipeline and reads the orchestrator's commands from the shared :class:`ControlChannel`.
 
 Orchestrator-owned stages (SpecValidate) are the server's business in these modes:
 it resolves them inside ``/result``; the agent skips them. A stage keeps running while
@@ -15,9 +19,8 @@ the orchestrator is unreachable; only the step *after* a stage waits for its ver
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,8 +34,6 @@ from vetting_core.plugins import Registry
 from vetting_core.protocol import (
     Claim,
     ClaimReply,
-    Heartbeat,
-    HeartbeatReply,
     Hello,
     HoldRequest,
     LogLine,
@@ -40,13 +41,16 @@ from vetting_core.protocol import (
     ResultReply,
     StageResult,
 )
-from vetting_core.context import utcnow
+from vetting_core.context import build_context, stage_workdir, utcnow
+from vetting_core.statemachine import FAILED, RunState
 
 from . import AGENT_VERSION
-from .backoff import Backoff, jittered
-from .client import AgentClient, AuthRejected, ClientError, Rejected, Unreachable, decode_ack, decode_result_reply
+from .backoff import Backoff
+from .client import AgentClient, AuthRejected, ClientError, Rejected, Unreachable, decode_result_reply
 from .cmdline import RunCoordinates
-from .execution import build_context, run_planned
+from .control import AgentFatal, ControlChannel
+from .delivery import deliver_loop
+from .execution import run_planned
 from .peers import orchestrator_peers
 from .uploads import read_uploads
 from .hold import DEFAULT_AUTHORIZED_KEYS, install_key
@@ -55,13 +59,11 @@ from .inventory import collect as collect_inventory
 from .netinfo import describe_self
 from .outbound import Outbound
 from .sidecar import SensorSidecar
-from .spool import KIND_LOG, KIND_SENSOR, Spool, SpoolRejected
+from .spool import Spool, SpoolRejected
 
 log = structlog.get_logger()
 
 Mode = Literal["pxe", "connect", "host"]
-FAILED_STATES = ("Failed", "FailedHolding")
-ENDED_STATES = ("Completed", "Released", "Cancelled")
 
 
 @dataclass
@@ -109,17 +111,29 @@ class Outcome(msgspec.Struct, kw_only=True):
         return 3 if "cannot_run" in self.verdicts.values() else 0
 
 
-class AgentFatal(Exception):
-    """The run cannot go on (bad token, run gone, conflict on a result)."""
+async def _retrying(what: str, call: Any, options: AgentOptions) -> Any:
+    """Call until it answers, with backoff, for at most ``startup_timeout_s``."""
+    backoff = Backoff(options.backoff_initial_s, options.backoff_cap_s)
+    with anyio.fail_after(options.startup_timeout_s):
+        while True:
+            try:
+                return await call()
+            except Unreachable as exc:
+                delay = backoff.next()
+                log.warning("agent.unreachable", call=what, error=str(exc), retry_in=round(delay, 2))
+                await anyio.sleep(delay)
 
 
-@dataclass
-class _Retry:
-    stage: str
-    flags: dict[str, Any] = field(default_factory=dict)
+def _run_failed(reply: ResultReply) -> bool:
+    """The orchestrator's reply says the run failed here (or wants the host held)."""
+    return reply.hold or reply.verdict in (Verdict.failed, Verdict.hold) or reply.next_state in FAILED
 
 
 class RunSession:
+    """Connecting to the orchestrator for one run: ``hello``, ``claim``, the spool opened
+    and reconciled with what the orchestrator stored; then a :class:`ClaimedRun` runs
+    the pipeline. Owns the run's coordinates and its :class:`ControlChannel`."""
+
     def __init__(
         self,
         coords: RunCoordinates,
@@ -133,60 +147,8 @@ class RunSession:
         self.options = options or AgentOptions()
         self.mode = mode
         self.run_id = coords.run_id
-        self.run_state = "unknown"
-        self.current_stage: str | None = None
-        self.progress: float | None = None
-        self.message = ""
-        self.retries: list[_Retry] = []
-        self.ended: str | None = None  # "shutdown" | "abort" from the control channel
-        self.server_failed = False
-        self.fatal: BaseException | None = None
-        self.hold_ssh: str | None = None
-        self.holding = False
-        self.verdicts: dict[str, str] = {}
-        self._wake = anyio.Event()
-        self._stage_scope: anyio.CancelScope | None = None
-        self._main_scope: anyio.CancelScope | None = None
-        self._heartbeat_ok = anyio.Event()
-        self.ip: str | None = None
-        self._last_inventory: dict[str, Any] | None = None
-        self.conflict: str | None = None
-        self._answered_at: dict[str, float] = {}  # stage -> when its last result was answered
+        self.control = ControlChannel(coords.run_id)
 
-    # -- small helpers --------------------------------------------------------------
-    def _poke(self) -> None:
-        self._wake.set()
-        self._wake = anyio.Event()
-
-    def _agent_log(self, message: str, level: str = "info", stage: str | None = None) -> None:
-        """A line in the run's log written by the agent itself (lifecycle, holds)."""
-        self.out.log(LogLine(ts=utcnow(), stage=stage, level=level, message=message))
-
-    def _on_progress(self, stage: str, fraction: float | None, message: str) -> None:
-        # the server takes 0..1 (a heartbeat with more is refused): a stage's rounding stays in range
-        self.progress = None if fraction is None or fraction != fraction else min(max(float(fraction), 0.0), 1.0)
-        self.message = message
-
-    def _die(self, exc: BaseException) -> None:
-        if self.fatal is None:
-            self.fatal = exc
-            log.error("agent.fatal", run=self.run_id, error=str(exc))
-        if self._main_scope is not None:
-            self._main_scope.cancel()
-
-    async def _retrying(self, what: str, call: Any) -> Any:
-        """Call until it answers, with backoff, for at most ``startup_timeout_s``."""
-        backoff = Backoff(self.options.backoff_initial_s, self.options.backoff_cap_s)
-        with anyio.fail_after(self.options.startup_timeout_s):
-            while True:
-                try:
-                    return await call()
-                except Unreachable as exc:
-                    delay = backoff.next()
-                    log.warning("agent.unreachable", call=what, error=str(exc), retry_in=round(delay, 2))
-                    await anyio.sleep(delay)
-
-    # -- the run ----------------------------------------------------------------------
     async def run(self) -> Outcome:
         opts = self.options
         async with AgentClient(
@@ -196,9 +158,7 @@ class RunSession:
             timeout=opts.http_timeout_s,
             transport=opts.transport,
         ) as client:
-            self.client = client
             me = describe_self(self.coords.server)
-            self.ip = me["ip"]
             hello = Hello(
                 agent_version=AGENT_VERSION,
                 hostname=me["hostname"] or "",
@@ -208,9 +168,9 @@ class RunSession:
                 mode=self.mode,
             )
             try:
-                reply = await self._retrying("hello", lambda: client.hello(hello))
-                self.run_state = reply.state
-                claim = await self._retrying(
+                reply = await _retrying("hello", lambda: client.hello(hello), opts)
+                self.control.run_state = reply.state
+                claim = await _retrying(
                     "claim",
                     lambda: client.claim(
                         Claim(
@@ -219,14 +179,15 @@ class RunSession:
                             stages_installed=sorted(self.registry.stages),
                         )
                     ),
+                    opts,
                 )
             except (AuthRejected, Rejected) as exc:
                 log.error("agent.refused", run=self.run_id, error=str(exc))
-                return Outcome(run_id=self.run_id, state=self.run_state, passed=False, reason=str(exc))
+                return Outcome(run_id=self.run_id, state=self.control.run_state, passed=False, reason=str(exc))
             except TimeoutError:
                 reason = f"orchestrator {self.coords.server} unreachable for {opts.startup_timeout_s:.0f}s"
                 log.error("agent.gave_up", run=self.run_id, reason=reason)
-                return Outcome(run_id=self.run_id, state=self.run_state, passed=False, reason=reason)
+                return Outcome(run_id=self.run_id, state=self.control.run_state, passed=False, reason=reason)
             log.info(
                 "agent.claimed",
                 run=self.run_id,
@@ -234,56 +195,95 @@ class RunSession:
                 stages=[s.name for s in claim.stages],
                 non_destructive=claim.non_destructive,
             )
-            self.claim = claim
             opts.spool_dir.mkdir(parents=True, exist_ok=True)
-            self.spool = await Spool.open(
-                opts.spool_dir / f"run-{self.run_id}.sqlite", max_batch_bytes=claim.max_batch_bytes
-            )
+            spool = await Spool.open(opts.spool_dir / f"run-{self.run_id}.sqlite", max_batch_bytes=claim.max_batch_bytes)
             try:
-                settled = await self.spool.sync_server(claim.log_seq, claim.sensor_seq, claim.log_seq_max, claim.sensor_seq_max)
+                settled = await spool.sync_server(claim.log_seq, claim.sensor_seq, claim.log_seq_max, claim.sensor_seq_max)
                 if settled:
-                    log.info("agent.spool_resumed", settled=settled, pending=self.spool.pending)
-                return await self._run_claimed(claim)
+                    log.info("agent.spool_resumed", settled=settled, pending=spool.pending)
+                claimed = ClaimedRun(
+                    self.registry, opts, self.control, client=client, claim=claim, spool=spool, ip=me["ip"],
+                )
+                return await claimed.run()
             finally:
-                await self.spool.aclose()
+                await spool.aclose()
 
-    async def _run_claimed(self, claim: ClaimReply) -> Outcome:
-        opts = self.options
+
+class ClaimedRun:
+    """One claimed run on this machine: the pipeline of planned stages, the failure and
+    hold that may end it, and the tasks beside it (delivery, the buffer flusher, the
+    sensor sidecar, the heartbeat). Owns the run's outbound buffer, sidecar, verdicts
+    and hold; reads the orchestrator's commands from the :class:`ControlChannel`."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        options: AgentOptions,
+        control: ControlChannel,
+        *,
+        client: AgentClient,
+        claim: ClaimReply,
+        spool: Spool,
+        ip: str | None,
+    ) -> None:
+        self.registry = registry
+        self.options = options
+        self.control = control
+        self.client = client
+        self.claim = claim
+        self.spool = spool
+        self.ip = ip
+        self.run_id = control.run_id
+        self.workdir = options.spool_dir / f"run-{self.run_id}-work"
         self.out = Outbound(
-            self.spool,
-            flush_interval_s=opts.flush_interval_s,
-            max_items=opts.flush_max_items,
-            on_progress=self._on_progress,
+            spool,
+            flush_interval_s=options.flush_interval_s,
+            max_items=options.flush_max_items,
+            on_progress=control.on_progress,
         )
         self.sidecar = SensorSidecar(
             self.out.measurement,
-            sources=opts.sidecar_sources if opts.sidecar else [],
-            interval_s=opts.sensor_interval_s,
-            ipmi_interval_s=opts.ipmi_interval_s,
+            sources=options.sidecar_sources if options.sidecar else [],
+            interval_s=options.sensor_interval_s,
+            ipmi_interval_s=options.ipmi_interval_s,
         )
+        self.verdicts: dict[str, str] = {}
+        self.hold_ssh: str | None = None
+        self.conflict: str | None = None  # why the orchestrator refused a stage result
+
+    def _agent_log(self, message: str, level: str = "info", stage: str | None = None) -> None:
+        """A line in the run's log written by the agent itself (lifecycle, holds)."""
+        self.out.log(LogLine(ts=utcnow(), stage=stage, level=level, message=message))
+
+    async def run(self) -> Outcome:
+        opts, control = self.options, self.control
         log.info("agent.sensors", sensors=self.sidecar.describe())
         passed = False
         reason: str | None = None
-        with anyio.CancelScope() as main:
-            self._main_scope = main
+        with control.run_scope():
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._deliver_loop)
+                tg.start_soon(
+                    deliver_loop, self.spool, self.client, control, Backoff(opts.backoff_initial_s, opts.backoff_cap_s)
+                )
                 tg.start_soon(self.out.flush_loop)
-                tg.start_soon(self._heartbeat_loop, claim.heartbeat_interval_s)
+                tg.start_soon(
+                    control.heartbeat_loop, self.client, self.claim.heartbeat_interval_s,
+                    lambda: self.spool.pending + self.out.buffered,
+                )
                 tg.start_soon(self.sidecar.run)
-                passed, reason = await self._pipeline(claim)
+                passed, reason = await self._pipeline()
                 await self._finish(wait_for_end=passed)
                 tg.cancel_scope.cancel()
-        if self.fatal is not None:
-            passed, reason = False, str(self.fatal)
+        if control.fatal is not None:
+            passed, reason = False, str(control.fatal)
         produced = await self.spool.produced()
         states = await self.spool.states()
-        if self.ended == "shutdown" and opts.power_off:
+        if control.ended == "shutdown" and opts.power_off:
             self._power_off()
         outcome = Outcome(
             run_id=self.run_id,
-            state=self.run_state,
-            passed=passed and self.fatal is None,
+            state=control.run_state,
+            passed=passed and control.fatal is None,
             reason=reason,
             verdicts=self.verdicts,
             produced=produced,
@@ -295,41 +295,30 @@ class RunSession:
         return outcome
 
     # -- pipeline -----------------------------------------------------------------------
-    async def _pipeline(self, claim: ClaimReply) -> tuple[bool, str | None]:
-        stages = sorted(claim.stages, key=lambda s: s.ordinal)
+    async def _pipeline(self) -> tuple[bool, str | None]:
+        """Run the planned agent stages in order, or where the orchestrator's reply
+        points; return ``(passed, reason)``. The control channel can stop it, queue a
+        retry (an operator's override) or say the run failed on the server."""
+        control = self.control
+        stages = sorted(self.claim.stages, key=lambda s: s.ordinal)
         index = {s.name: i for i, s in enumerate(stages)}
         state = {s.name: s.state for s in stages}
         self.verdicts = {s.name: s.state.value for s in stages if s.state.terminal}
-        inventory: dict[str, Any] = await self.spool.get_value("inventory") or {}
-        override: dict[str, Any] = dict(claim.override_flags)
-        if not inventory and state.get(INVENTORY_STAGE, Verdict.pending).terminal:
-            # InventoryCheck finished in an earlier boot (the spool was on tmpfs): later
-            # stages still need the document to decide whether they apply
-            inventory = await collect_inventory(self.registry, self.options.spool_dir / f"run-{self.run_id}-work")
-            await self.spool.set_value("inventory", inventory)
-
-        # results a previous agent process queued but never saw answered
-        for entry in await self.spool.results():
-            if entry.state == "pending":
-                reply = await self._await_result(entry.id)
-                if reply is None:
-                    return False, self._reason_from_fatal() or self.conflict
-                state[reply.stage] = reply.verdict
-                self.verdicts[reply.stage] = reply.verdict.value
-                if reply.verdict is Verdict.failed or reply.hold or reply.next_state in FAILED_STATES:
-                    return await self._after_failure(reply)
-
+        inventory = await self._inventory(state)
+        resumed = await self._settle_queued_results(state)
+        if resumed is not None:
+            return resumed
+        override: dict[str, Any] = dict(self.claim.override_flags)
         i = 0
         while True:
-            if self.ended or self.fatal:
-                return False, self._reason_from_fatal() or f"run ended by the orchestrator ({self.ended})"
-            if self.server_failed and not self.retries:
+            if (stop := control.stop_reason()) is not None:
+                return False, stop
+            if control.server_failed and not control.retries:
                 outcome = await self._after_failure(None)
-                if self.retries:
+                if outcome is None:
                     continue
                 return outcome
-            if self.retries:
-                retry = self.retries.pop(0)
+            if (retry := control.take_retry()) is not None:
                 if retry.stage not in index:
                     log.error("agent.retry_unknown_stage", stage=retry.stage)
                     continue
@@ -342,42 +331,69 @@ class RunSession:
             if planned.runs_on == "orchestrator" or state[planned.name].terminal:
                 i += 1
                 continue
-            reply = await self._run_stage(planned, claim, inventory, override)
+            reply, produced_inventory = await self._run_stage(planned, inventory, override)
             if reply is None:  # cancelled, or the orchestrator refused the result
-                if self.retries:
+                if control.retries:
                     continue
-                if self.ended or self.fatal:
-                    return False, self._reason_from_fatal() or f"run ended by the orchestrator ({self.ended})"
-                if self.server_failed or self.run_state in FAILED_STATES:
-                    self.server_failed = True
+                if (stop := control.stop_reason()) is not None:
+                    return False, stop
+                if control.server_failed or control.run_state in FAILED:
+                    control.server_failed = True
                     continue  # the top of the loop asks for a hold
                 return False, self.conflict or f"stage {planned.name} was interrupted"
             state[planned.name] = reply.verdict
             self.verdicts[planned.name] = reply.verdict.value
-            if result_inventory := self._last_inventory:
-                inventory = result_inventory
+            if produced_inventory:
+                inventory = produced_inventory
                 await self.spool.set_value("inventory", inventory)
-            self.run_state = reply.next_state
-            if reply.hold or reply.verdict is Verdict.hold or reply.next_state in FAILED_STATES or reply.verdict is Verdict.failed:
+            control.run_state = reply.next_state
+            if _run_failed(reply):
                 outcome = await self._after_failure(reply)
-                if self.retries:  # an operator override re-entered a stage
+                if outcome is None:  # an operator override re-entered a stage
                     continue
                 return outcome
             if reply.next_stage and reply.next_stage in index:
                 i = index[reply.next_stage]
-            elif reply.next_state != "Running":
+            elif reply.next_state != RunState.Running:
                 return self._pipeline_ok(), None
             else:
                 i += 1
 
+    async def _inventory(self, state: dict[str, Verdict]) -> dict[str, Any]:
+        """The inventory document later stages decide on: the spool's copy, or collected
+        again when InventoryCheck finished in an earlier boot (the spool was on tmpfs)."""
+        inventory: dict[str, Any] = await self.spool.get_value("inventory") or {}
+        if not inventory and state.get(INVENTORY_STAGE, Verdict.pending).terminal:
+            inventory = await collect_inventory(self.registry, self.workdir)
+            await self.spool.set_value("inventory", inventory)
+        return inventory
+
+    async def _settle_queued_results(self, state: dict[str, Verdict]) -> tuple[bool, str | None] | None:
+        """Results a previous agent process queued but never saw answered: wait for
+        their answers. Returns the pipeline's outcome when one of them ended it."""
+        for entry in await self.spool.results():
+            if entry.state == "pending":
+                reply = await self._await_result(entry.id)
+                if reply is None:
+                    return False, (str(self.control.fatal) if self.control.fatal else None) or self.conflict
+                state[reply.stage] = reply.verdict
+                self.verdicts[reply.stage] = reply.verdict.value
+                if _run_failed(reply):
+                    # the pipeline ends here even when an override re-entered a stage
+                    return await self._after_failure(reply) or (False, failure_reason(reply))
+        return None
+
     async def _run_stage(
-        self, planned: PlannedStage, claim: ClaimReply, inventory: dict[str, Any], override: dict[str, Any]
-    ) -> ResultReply | None:
-        self._last_inventory = None
+        self, planned: PlannedStage, inventory: dict[str, Any], override: dict[str, Any]
+    ) -> tuple[ResultReply | None, dict[str, Any] | None]:
+        """Run one stage, queue its result, wait for the orchestrator's answer. Returns
+        the answer (None: interrupted, or the result was refused) and the inventory
+        the stage produced."""
+        claim, control = self.claim, self.control
         non_destructive = claim.non_destructive or self.options.non_destructive_only
         log.info("stage.start", stage=planned.name, ordinal=planned.ordinal)
         self._agent_log(f"agent: stage {planned.name} starting", stage=planned.name)
-        self.current_stage, self.progress, self.message = planned.name, 0.0, ""
+        control.stage_started(planned.name)
         if self.options.non_destructive_only and planned.destructive:
             now = utcnow()
             result = StageResult(
@@ -389,10 +405,11 @@ class RunSession:
             )
         else:
             ctx = build_context(
-                self.registry,
-                planned,
+                planned.name,
+                registry=self.registry,
+                params=planned.params,
                 sink=self.out,
-                workdir=self.options.spool_dir / f"run-{self.run_id}-work",
+                workdir=stage_workdir(self.workdir, planned.name, planned.ordinal),
                 profile=claim.profile,
                 run_id=self.run_id,
                 inventory=inventory,
@@ -407,29 +424,26 @@ class RunSession:
             )
             self.sidecar.stage = planned.name
             result = None
-            with anyio.CancelScope() as scope:
-                self._stage_scope = scope
+            with control.stage_scope() as scope:
                 result = await run_planned(self.registry, planned, ctx)
-            self._stage_scope = None
             self.sidecar.stage = None
             if result is None or scope.cancelled_caught:
                 self._agent_log(f"agent: stage {planned.name} interrupted", level="warning", stage=planned.name)
                 await self.out.flush()
-                self.current_stage = None
-                return None
-        self._last_inventory = result.inventory
+                control.current_stage = None
+                return None, None
         log.info("stage.done", stage=planned.name, verdict=result.verdict.value, reason=result.reason)
         await self.out.flush()
         entry_id = await self.spool.append_result(result, await read_uploads(result.artifacts, claim.max_artifact_bytes))
         reply = await self._await_result(entry_id)
-        self.current_stage = None
-        self._answered_at[planned.name] = anyio.current_time()
+        control.current_stage = None
+        control.answered(planned.name)
         if reply is not None:
             if reply.verdict is not result.verdict:
                 log.warning("stage.verdict_changed", stage=planned.name, agent=result.verdict.value,
                             orchestrator=reply.verdict.value, reason=reply.reason,
                             breaches=len(reply.breaches))
-        return reply
+        return reply, result.inventory
 
     async def _await_result(self, entry_id: int) -> ResultReply | None:
         try:
@@ -447,178 +461,69 @@ class RunSession:
         """Nothing failed (a stage that could not run in host mode let the run go on)."""
         return all(v in ("passed", "skipped", "cannot_run") for v in self.verdicts.values())
 
-    def _reason_from_fatal(self) -> str | None:
-        return str(self.fatal) if self.fatal else None
-
     # -- failure and hold ---------------------------------------------------------------
-    async def _after_failure(self, reply: ResultReply | None) -> tuple[bool, str | None]:
+    async def _after_failure(self, reply: ResultReply | None) -> tuple[bool, str | None] | None:
         """The run failed (a stage's verdict, a hold request, or the orchestrator gave up
-        on us). Ask for a hold; keep heartbeating while it lasts; an override re-enters a
-        stage (``retry_stage``), a release ends the agent."""
+        on us). Ask for a hold and keep it while it lasts. Returns the pipeline's
+        outcome, or None when an operator's override re-entered a stage
+        (``retry_stage``) meanwhile."""
         reason = failure_reason(reply)
         await self.out.flush()
+        await self._hold(reply, reason)
+        return None if self.control.retries else (False, reason)
+
+    async def _hold(self, reply: ResultReply | None, reason: str) -> None:
+        """Ask for a hold, install the operator's key and wait until an override or a
+        release; returns at once when the orchestrator wants no hold."""
+        control = self.control
         # the orchestrator says whether to hold (hold.enabled, not a host-mode run); when
         # it failed the run without our result (AgentLost) we ask and it may refuse
         if not self.options.allow_hold or (reply is not None and not reply.hold):
             log.info("agent.run_failed", run=self.run_id, reason=reason)
-            return False, reason
+            return
         try:
-            hold = await self._retrying(
-                "hold", lambda: self.client.hold(HoldRequest(ip=self.options.hold_ip or self.ip or "", reason=reason))
+            hold = await _retrying(
+                "hold",
+                lambda: self.client.hold(HoldRequest(ip=self.options.hold_ip or self.ip or "", reason=reason)),
+                self.options,
             )
         except Rejected as exc:  # hold disabled on the server, or the run is past it
             log.info("agent.no_hold", run=self.run_id, reason=str(exc))
-            return False, reason
+            return
         except (AuthRejected, TimeoutError) as exc:
             log.error("agent.hold_failed", run=self.run_id, error=str(exc))
-            return False, reason
+            return
         line = install_key(self.options.authorized_keys, hold.authorized_key, hold.expires_at, self.run_id)
         ip = self.options.hold_ip or self.ip or "<this host>"
         self.hold_ssh = hold.ssh_command or f"ssh {hold.user}@{ip}"
-        self.holding = True
-        self.run_state = "FailedHolding"
+        control.holding = True
+        control.run_state = RunState.FailedHolding.value
         self._agent_log(
             f"agent: holding for inspection until {hold.expires_at.isoformat()}: {self.hold_ssh}", level="warning"
         )
         log.warning("agent.holding", run=self.run_id, ssh=self.hold_ssh, expires=hold.expires_at.isoformat(),
                     authorized_keys=str(self.options.authorized_keys), key_line=line[:60] + "…")
         print(f"HOLD: run {self.run_id} failed ({reason}); inspect with: {self.hold_ssh}", flush=True)
-        while not (self.retries or self.ended or self.fatal):
-            await self._wake.wait()
-        self.holding = False
-        if self.retries:
-            self.server_failed = False
-            return False, reason
-        return False, reason
-
-    # -- background loops ---------------------------------------------------------------
-    async def _deliver_loop(self) -> None:
-        backoff = Backoff(self.options.backoff_initial_s, self.options.backoff_cap_s)
-        failing_since: float | None = None
-        while True:
-            entry = await self.spool.next_pending()
-            if entry is None:
-                await self.spool.wait_changed(5.0)
-                continue
-            try:
-                body = await self.client.post_raw(self.client.run_path(entry.kind), entry.body or b"")
-            except Unreachable as exc:
-                await self.spool.note_attempt(entry.id)
-                delay = backoff.next()
-                now = anyio.current_time()
-                if failing_since is None:
-                    failing_since = now
-                    log.warning("spool.unreachable", error=str(exc), pending=self.spool.pending)
-                await anyio.sleep(delay)
-                continue
-            except Rejected as exc:
-                await self.spool.settle(entry.id, state="rejected", error=f"HTTP {exc.status}: {exc.detail}")
-                log.error("spool.rejected", kind=entry.kind, seq=entry.seq, stage=entry.stage,
-                          items=entry.items, status=exc.status, detail=exc.detail)
-                continue
-            except AuthRejected as exc:
-                if not (self.ended or self.run_state in ENDED_STATES):
-                    # a run that ended (cancelled, released) kills its token: the
-                    # heartbeat, still accepted, says so and carries the command
-                    with contextlib.suppress(ClientError):
-                        self._handle(await self.client.heartbeat(Heartbeat(stage=self.current_stage)))
-                if self.ended or self.run_state in ENDED_STATES:
-                    log.warning("spool.run_ended", state=self.run_state, pending=self.spool.pending)
-                    return
-                self._die(AgentFatal(f"the orchestrator rejected this agent's token: {exc}"))
-                return
-            if failing_since is not None:
-                log.info("spool.reconnected", after_s=round(anyio.current_time() - failing_since, 1),
-                         pending=self.spool.pending)
-                failing_since = None
-            backoff.reset()
-            if entry.kind in (KIND_LOG, KIND_SENSOR):
-                with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                    ack = decode_ack(body)
-                    if ack.seq != entry.seq:
-                        log.warning("spool.ack_mismatch", kind=entry.kind, sent=entry.seq, acked=ack.seq)
-            await self.spool.settle(entry.id, state="acked", reply=body)
-
-    async def _heartbeat_loop(self, interval_s: float) -> None:
-        failing = 0
-        last_rtt: float | None = None  # sent with the next heartbeat (the server's latency histogram)
-        while True:
-            beat = Heartbeat(
-                stage=self.current_stage,
-                progress=self.progress,
-                message=self.message[:500],
-                spool_depth=self.spool.pending + self.out.buffered,
-                last_rtt_s=last_rtt,
-            )
-            sent_at = anyio.current_time()
-            last_rtt = None
-            try:
-                reply = await self.client.heartbeat(beat)
-                last_rtt = round(anyio.current_time() - sent_at, 6)
-            except Unreachable as exc:
-                failing += 1
-                if failing == 1 or failing % 10 == 0:
-                    log.warning("heartbeat.unreachable", error=str(exc), missed=failing)
-            except AuthRejected as exc:
-                if self.ended or self.run_state in ENDED_STATES:
-                    return
-                self._die(AgentFatal(f"heartbeat refused: {exc}"))
-                return
-            except Rejected as exc:
-                log.error("heartbeat.rejected", error=str(exc))
-            else:
-                if failing:
-                    log.info("heartbeat.back", missed=failing)
-                failing = 0
-                self._handle(reply, sent_at)
-            await anyio.sleep(jittered(interval_s, 0.1))
-
-    def _handle(self, reply: HeartbeatReply, sent_at: float = float("inf")) -> None:
-        if reply.state != self.run_state:
-            self.run_state = reply.state
-            self._poke()
-        if reply.cmd == "continue":
-            if reply.state in FAILED_STATES and not self.holding and not self.server_failed:
-                # the orchestrator failed the run without our result (AgentLost, a timeout)
-                self.server_failed = True
-                log.warning("agent.run_failed_on_server", state=reply.state)
-                if self._stage_scope is not None:
-                    self._stage_scope.cancel()
-                self._poke()
-            return
-        if reply.cmd in ("shutdown", "abort"):
-            log.info("heartbeat.cmd", cmd=reply.cmd, state=reply.state)
-            self.ended = reply.cmd
-            if self._stage_scope is not None:
-                self._stage_scope.cancel()
-            self._poke()
-            return
-        if reply.cmd == "retry_stage" and reply.stage:
-            if any(r.stage == reply.stage for r in self.retries) or (
-                self.current_stage == reply.stage and not self.holding
-            ):
-                return  # already queued or running: the command repeats until it happens
-            if sent_at < self._answered_at.get(reply.stage, float("-inf")):
-                return  # asked before the retried stage's result was answered: stale
-            log.info("heartbeat.retry_stage", stage=reply.stage, flags=reply.override_flags)
-            self.retries.append(_Retry(reply.stage, dict(reply.override_flags)))
-            self._poke()
+        await control.wait_while_held()
+        control.holding = False
+        if control.retries:
+            control.server_failed = False
 
     async def _finish(self, *, wait_for_end: bool) -> None:
         """Deliver what is left; after a passed pipeline, wait for the orchestrator's last
         word (``shutdown`` once the run is Completed)."""
-        self.current_stage = None
+        control = self.control
+        control.current_stage = None
         self.sidecar.stage = None
         await self.out.flush()
-        if self.fatal is None and self.ended != "abort":
+        if control.fatal is None and control.ended != "abort":
             with anyio.move_on_after(self.options.drain_timeout_s) as scope:
                 await self.spool.wait_drained()
             if scope.cancelled_caught:
                 log.error("spool.not_drained", pending=self.spool.pending)
-        if wait_for_end and self.fatal is None and self.ended is None:
+        if wait_for_end and control.fatal is None and control.ended is None:
             with anyio.move_on_after(self.options.final_wait_s):
-                while not self.ended and self.run_state not in ENDED_STATES and not self.fatal:
-                    await self._wake.wait()
+                await control.wait_for_end()
 
     def _power_off(self) -> None:
         argv = list(self.options.poweroff_argv)
@@ -652,4 +557,4 @@ async def run_connected(
     return await session.run()
 
 
-__all__ = ["AgentOptions", "ClientError", "Outcome", "RunSession", "run_connected"]
+__all__ = ["AgentFatal", "AgentOptions", "ClaimedRun", "ClientError", "Outcome", "RunSession", "run_connected"]

@@ -9,7 +9,8 @@ Sources (each optional; what the machine lacks is simply absent):
 
 - hwmon (``/sys/class/hwmon/hwmon*``): ``temp*_input`` (m°C) → kind ``temp`` in °C,
   ``fan*_input`` → ``fan`` in RPM, ``power*_input``/``power*_average`` (µW) → ``power``
-  in W, ``in*_input`` (mV) → ``volt`` in V. Key ``<chip>/<label>``.
+  in W, ``in*_input`` (mV) → ``volt`` in V. Key ``<chip>/<label>``; discovery, order
+  and keys are :mod:`vetting_core.hwmon`'s, shared with the stages.
 - CPU throttle counters (``/sys/devices/system/cpu/cpu*/thermal_throttle``): kind
   ``throttle``, keys ``core_throttle_count`` (sum over logical CPUs) and
   ``package_throttle_count`` (sum over packages); judge them with ``delta_lte``.
@@ -36,6 +37,7 @@ from typing import Any, Protocol
 import anyio
 import structlog
 
+from vetting_core import hwmon
 from vetting_core.context import utcnow
 from vetting_core.model import Measurement
 from vetting_core.tools import ToolNotFound, run_tool
@@ -62,67 +64,36 @@ def _read_int(fd: int) -> int | None:
 
 
 # -- hwmon --------------------------------------------------------------------------
-_HWMON_FILE = re.compile(r"^(temp|fan|power|in)(\d+)_(input|average)$")
-_HWMON_KIND = {"temp": ("temp", 1e-3, "C"), "fan": ("fan", 1.0, "RPM"), "power": ("power", 1e-6, "W"), "in": ("volt", 1e-3, "V")}
-
-
 @dataclass
 class _Channel:
     kind: str
     key: str
-    scale: float
+    divisor: float
     unit: str
     fd: int
 
 
 class HwmonSource:
+    """hwmon channels as :func:`vetting_core.hwmon.discover` finds and names them (the
+    stages read the same keys), kept open and re-read with ``pread`` each tick."""
+
     name = "hwmon"
 
-    def __init__(self, root: str | Path = "/sys/class/hwmon") -> None:
+    def __init__(self, root: str | Path = hwmon.HWMON_ROOT) -> None:
         self.channels: list[_Channel] = []
-        chips = sorted(glob.glob(os.path.join(str(root), "hwmon*")), key=lambda p: int(re.sub(r"\D", "", os.path.basename(p)) or 0))
-        names: dict[str, int] = {}
-        for chip in chips:
+        for ch in hwmon.discover(root):
             try:
-                chip_name = Path(chip, "name").read_text().strip() or os.path.basename(chip)
-            except OSError:
-                chip_name = os.path.basename(chip)
-            seen = names.get(chip_name, 0)
-            names[chip_name] = seen + 1
-            label_chip = chip_name if seen == 0 else f"{chip_name}#{seen}"
-            files: dict[tuple[str, str], str] = {}
-            try:
-                entries = sorted(os.listdir(chip))
+                fd = os.open(ch.path, os.O_RDONLY)
             except OSError:
                 continue
-            for entry in entries:
-                m = _HWMON_FILE.match(entry)
-                if not m:
-                    continue
-                prefix, num, what = m.groups()
-                # power*_input wins over power*_average when both exist
-                if what == "average" and (prefix, num) in files:
-                    continue
-                files[(prefix, num)] = entry
-            for (prefix, num), entry in sorted(files.items(), key=lambda kv: (kv[0][0], int(kv[0][1]))):
-                kind, scale, unit = _HWMON_KIND[prefix]
-                label = f"{prefix}{num}"
-                try:
-                    label = Path(chip, f"{prefix}{num}_label").read_text().strip() or label
-                except OSError:
-                    pass
-                try:
-                    fd = os.open(os.path.join(chip, entry), os.O_RDONLY)
-                except OSError:
-                    continue
-                self.channels.append(_Channel(kind, f"{label_chip}/{label}", scale, unit, fd))
+            self.channels.append(_Channel(ch.kind, ch.key, ch.divisor, ch.unit, fd))
 
     def read(self) -> list[tuple[str, str, float, str]]:
         out = []
         for ch in self.channels:
             raw = _read_int(ch.fd)
             if raw is not None:
-                out.append((ch.kind, ch.key, raw * ch.scale, ch.unit))
+                out.append((ch.kind, ch.key, raw / ch.divisor, ch.unit))
         return out
 
     def close(self) -> None:

@@ -95,7 +95,15 @@ def _split(items: list[Any], make: Any, max_bytes: int) -> list[tuple[list[Any],
 
 
 class Spool:
-    """The outbox of one run. Open with ``await Spool.open(path)``."""
+    """The outbox of one run. Open with ``await Spool.open(path)``.
+
+    Owns the run's SQLite file and its one connection: the ordered entries (log and
+    sensor batches with their per-stream sequence numbers, stage results with their
+    uploads) and each entry's delivery state (pending, acked, rejected), reconciling
+    them with what the orchestrator says it stored (:meth:`sync_server`), and a small
+    key-value store that outlives an agent restart (the inventory document). It
+    does not send anything: :mod:`vetting_agent.delivery` reads and settles entries.
+    """
 
     def __init__(self, path: Path, conn: sqlite3.Connection, max_batch_bytes: int) -> None:
         self.path = path

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import anyio
 import structlog
@@ -25,6 +25,9 @@ from .model import Artifact, FirmwareSnapshot, Measurement, SubStep, ThresholdRu
 from .protocol import LogLine, StageResult
 from .records import ProbeSpec, StageSpec
 from .tools import ToolNotFound, ToolResult, run_tool, stream_tool
+
+if TYPE_CHECKING:
+    from .plugins import Registry
 
 log = structlog.get_logger()
 
@@ -147,6 +150,12 @@ class StageContext:
     - ``workdir``: a private scratch directory for artifacts.
     - ``probes``: the registered inventory probes (InventoryCheck runs them), or ``None``.
     - ``peer(kind)``: lease a test peer the orchestrator supervises (see :meth:`peer`).
+
+    It owns what one stage run produces until :func:`execute_stage` turns it into a
+    ``StageResult``: the summary, sub-steps, artifacts, firmware snapshots and the
+    inventory document (``inventory_out``), and the progress estimate. Log lines and
+    samples are not kept: they go straight to the runner's ``sink``. Build one with
+    :func:`build_context`.
     """
 
     def __init__(
@@ -362,6 +371,29 @@ class StageContext:
         if artifact:
             self.save_text(artifact, f"{artifact}.txt", result.stdout)
         return result
+
+
+def build_context(stage: str, *, registry: Registry | None = None, **inputs: Any) -> StageContext:
+    """The context a runner hands to one stage: the one place that decides what a stage
+    is given beyond the run's inputs, used by the agent (connected and local modes,
+    inventory collection) and the plugin test kit.
+
+    ``inputs`` are :class:`StageContext`'s (``sink``, ``workdir``, ``params``, ...).
+    ``registry``: the runner's plugin registry; its inventory probes become
+    ``ctx.probes`` (InventoryCheck runs them). Without one the stage sees ``None`` and
+    InventoryCheck falls back to the built-in probes, as a plugin author's test wants.
+    ``workdir`` is the stage's own scratch directory; :func:`stage_workdir` names it
+    inside a run's work root.
+    """
+    if registry is not None:
+        inputs["probes"] = list(registry.probes.values())
+    return StageContext(stage=stage, **inputs)
+
+
+def stage_workdir(root: Path, stage: str, ordinal: int) -> Path:
+    """``<root>/<NN>-<stage>``: one scratch directory per planned stage of a run, in
+    plan order, so a run's work root reads like its plan."""
+    return Path(root) / f"{ordinal:02d}-{stage}"
 
 
 def _cannot_run(exc: Exception, summary: dict[str, Any]) -> str:

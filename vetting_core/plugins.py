@@ -209,11 +209,6 @@ def _drop_unknown_hooks(pm: pluggy.PluginManager, report: LoadReport) -> None:
             report.distributions.pop(plugin_name, None)
 
 
-def _dist_label(report: LoadReport, name: str) -> str:
-    dist = report.distributions.get(name)
-    return f"{dist[0]} {dist[1]}" if dist else "registered by hand"
-
-
 def _load_entry_points(pm: pluggy.PluginManager, report: LoadReport) -> None:
     seen: dict[str, tuple[str, str] | None] = {}
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -356,14 +351,6 @@ def _add(
     table[key] = record
     reg.owners[(attr, key)] = info.name
     info.registers.setdefault(attr, []).append(key)
-
-
-def _drop(reg: Registry, owner: str) -> None:
-    for (attr, key), who in list(reg.owners.items()):
-        if who == owner:
-            getattr(reg, attr).pop(key, None)
-            del reg.owners[(attr, key)]
-    reg.profile_specs = [(o, p) for o, p in reg.profile_specs if o != owner]
 
 
 def load_registry(

@@ -26,6 +26,13 @@ Log and sensor batches carry a per-stream sequence number starting at 1: the ser
 stores a batch once and acknowledges a retried one with ``duplicate=True``. A
 ``StageResult`` is idempotent: posting the same result twice returns the same reply
 and advances the run once; a different result for a finished stage gets 409.
+
+Run states travel as ``str`` (``HelloReply.state``, ``HeartbeatReply.state``,
+``ResultReply.next_state``), holding a :class:`~vetting_core.statemachine.RunState`
+value. They are not typed ``RunState``: msgspec would then publish an ``enum`` in the
+OpenAPI document (a changed document), and an older agent would refuse a reply naming
+a state it does not know instead of carrying on. ``RunState`` is a ``str`` enum, so
+code compares these fields with it and tests them against its groups directly.
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ class Hello(msgspec.Struct, kw_only=True):
 
 class HelloReply(msgspec.Struct, kw_only=True):
     run_id: int
-    state: str
+    state: str  # a RunState value (see vetting_core.statemachine)
     server_time: datetime
 
 
@@ -124,7 +131,7 @@ class Heartbeat(msgspec.Struct, kw_only=True):
 
 class HeartbeatReply(msgspec.Struct, kw_only=True):
     cmd: Literal["continue", "shutdown", "abort", "retry_stage"]
-    state: str
+    state: str  # a RunState value (see vetting_core.statemachine)
     stage: str | None = None  # for retry_stage: the stage to re-enter
     override_flags: dict[str, Any] = {}
 
@@ -222,7 +229,7 @@ class ResultReply(msgspec.Struct, kw_only=True):
     stage: str
     verdict: Verdict  # the orchestrator's verdict (a critical breach fails a "passed" stage)
     reason: str | None = None
-    next_state: str
+    next_state: str  # a RunState value (see vetting_core.statemachine)
     next_stage: str | None = None
     hold: bool = False  # the agent should call /hold
     breaches: list[Breach] = []

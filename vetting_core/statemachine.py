@@ -1,4 +1,4 @@
-"""The run state machine: one table, ``(state, event) -> (next state, action, notify)``.
+"""The run state machine: one table, ``(state, event) -> (next state, notify)``.
 
 Pure: no I/O. The server applies a transition with compare-and-set in the database
 (``UPDATE runs SET state = :next WHERE id = :id AND state = :expected``) so two
@@ -15,11 +15,29 @@ Lifecycle::
         → Reporting → Completed
     Running → Failed → FailedHolding → Released      (override: FailedHolding → Running)
     Registered … Reporting → Cancelled   (a failed run is released, not cancelled)
+
+The table says *where* a run may go and which notification that raises; it does not
+say what else happens. The effects live with the code that owns the data: the server's
+run service applies a transition (compare-and-set, then what the *target state* implies:
+``result``/``completed_at``/``reason`` for Failed, Completed, Cancelled, the power-off
+deadline, the report for a failed run, the notification), and the handler of each event
+does the event's own work (``claim`` seeds the stage rows, ``hold_opened`` issues the
+SSH key, ``override`` re-arms the held stage). :func:`heartbeat_command` is the one
+effect the agent sees. An ``Action`` column used to name these effects; nothing read it,
+so it could only drift from the code and was removed.
+
+The groups (:data:`ACTIVE`, :data:`ENDED`, :data:`FAILED`, …) name the sets of states
+that code tests a run against, so a query, a page and the agent cannot disagree on,
+say, which runs are still in flight. ``RunState`` is a ``str`` enum whose names are its
+values: a state read from the database or the wire as a plain ``str`` tests membership
+directly (``row["state"] in ENDED``); :func:`sql_states` spells a group for an SQL
+``IN`` list, in lifecycle order.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Set as AbstractSet
 from typing import NamedTuple
 
 from .events import RunEventKind
@@ -61,25 +79,8 @@ class RunEventType(str, enum.Enum):
     timeout = "timeout"  # boot or stage timeout
 
 
-class Action(str, enum.Enum):
-    """Side effect the server performs after a successful compare-and-set."""
-
-    none = "none"
-    power_on = "power_on"
-    record_agent = "record_agent"
-    seed_stages = "seed_stages"
-    resume = "resume"
-    advance = "advance"
-    build_report = "build_report"
-    finish = "finish"
-    retry_stage = "retry_stage"
-    open_hold = "open_hold"
-    close = "close"
-
-
 class Transition(NamedTuple):
     next: RunState
-    action: Action
     notify: RunEventKind | None = None
 
 
@@ -90,46 +91,67 @@ class InvalidTransition(Exception):
         self.event = event
 
 
-S, E, A, K = RunState, RunEventType, Action, RunEventKind
+S, E, K = RunState, RunEventType, RunEventKind
 
-TERMINAL = frozenset({S.Completed, S.Released, S.Cancelled})
+ENDED = frozenset({S.Completed, S.Released, S.Cancelled})
 """No event leaves these states; the run's agent token is dead."""
+
+TERMINAL = ENDED
+"""The name the server and older code use for :data:`ENDED`."""
+
+FAILED = frozenset({S.Failed, S.FailedHolding})
+"""A failure the operator has not released yet (the host may be held for inspection)."""
+
+ACTIVE = frozenset({S.Registered, S.Queued, S.WaitingBoot, S.Booting, S.Running, S.Reporting})
+"""Neither failed nor ended: the run is on its way and can still be cancelled."""
+
+IN_FLIGHT = frozenset({S.WaitingBoot, S.Booting, S.Running, S.Reporting})
+"""Dispatched and not finished: the host is powered for this run (the dispatcher's
+concurrency limit counts these)."""
+
+BUSY = ACTIVE | {S.FailedHolding}
+"""The host belongs to this run: no second run, no firmware update while one is."""
 
 AGENT_ACTIVE = frozenset(
     {S.Queued, S.WaitingBoot, S.Booting, S.Running, S.Reporting, S.Failed, S.FailedHolding}
 )
 """States in which the run's agent token is accepted."""
 
-_CANCELLABLE = (S.Registered, S.Queued, S.WaitingBoot, S.Booting, S.Running, S.Reporting)
+
+def sql_states(states: AbstractSet[RunState]) -> str:
+    """A group as an SQL ``IN`` list, in lifecycle order: ``('Failed', 'FailedHolding')``.
+    The values are this enum's constants, never input, so inlining them is safe."""
+    return "(" + ", ".join(f"'{s.value}'" for s in RunState if s in states) + ")"
+
 
 TABLE: dict[tuple[RunState, RunEventType], Transition] = {
-    (S.Registered, E.enqueue): Transition(S.Queued, A.none),
-    (S.Queued, E.dispatch): Transition(S.WaitingBoot, A.power_on),
-    (S.WaitingBoot, E.boot_requested): Transition(S.Booting, A.none),
-    (S.WaitingBoot, E.boot_failed): Transition(S.Failed, A.finish, K.RunFailed),
-    (S.WaitingBoot, E.timeout): Transition(S.Failed, A.finish, K.RunFailed),
-    (S.Booting, E.timeout): Transition(S.Failed, A.finish, K.RunFailed),
+    (S.Registered, E.enqueue): Transition(S.Queued),
+    (S.Queued, E.dispatch): Transition(S.WaitingBoot),
+    (S.WaitingBoot, E.boot_requested): Transition(S.Booting),
+    (S.WaitingBoot, E.boot_failed): Transition(S.Failed, K.RunFailed),
+    (S.WaitingBoot, E.timeout): Transition(S.Failed, K.RunFailed),
+    (S.Booting, E.timeout): Transition(S.Failed, K.RunFailed),
     # an agent started by hand (connect mode, manual boot) may say hello before dispatch
-    (S.Queued, E.hello): Transition(S.Booting, A.record_agent),
-    (S.WaitingBoot, E.hello): Transition(S.Booting, A.record_agent),
-    (S.Booting, E.hello): Transition(S.Booting, A.record_agent),
-    (S.Running, E.hello): Transition(S.Running, A.record_agent),  # agent restarted
-    (S.Booting, E.claim): Transition(S.Running, A.seed_stages),
-    (S.Running, E.claim): Transition(S.Running, A.resume),
-    (S.Running, E.stage_passed): Transition(S.Running, A.advance),
-    (S.Running, E.pipeline_done): Transition(S.Reporting, A.build_report),
-    (S.Reporting, E.report_done): Transition(S.Completed, A.finish, K.RunCompleted),
-    (S.Running, E.stage_failed): Transition(S.Failed, A.finish, K.StageFailed),
-    (S.Running, E.spec_mismatch): Transition(S.Failed, A.finish, K.SpecMismatch),
-    (S.Running, E.timeout): Transition(S.Failed, A.finish, K.RunFailed),
-    (S.Booting, E.agent_lost): Transition(S.Failed, A.finish, K.AgentLost),
-    (S.Running, E.agent_lost): Transition(S.Failed, A.finish, K.AgentLost),
-    (S.Failed, E.hold_opened): Transition(S.FailedHolding, A.open_hold, K.HoldingOpened),
-    (S.FailedHolding, E.hold_opened): Transition(S.FailedHolding, A.open_hold),  # re-issue key
-    (S.FailedHolding, E.override): Transition(S.Running, A.retry_stage),
-    (S.Failed, E.release): Transition(S.Released, A.close),
-    (S.FailedHolding, E.release): Transition(S.Released, A.close),
-    **{(s, E.cancel): Transition(S.Cancelled, A.close) for s in _CANCELLABLE},
+    (S.Queued, E.hello): Transition(S.Booting),
+    (S.WaitingBoot, E.hello): Transition(S.Booting),
+    (S.Booting, E.hello): Transition(S.Booting),
+    (S.Running, E.hello): Transition(S.Running),  # agent restarted
+    (S.Booting, E.claim): Transition(S.Running),
+    (S.Running, E.claim): Transition(S.Running),
+    (S.Running, E.stage_passed): Transition(S.Running),
+    (S.Running, E.pipeline_done): Transition(S.Reporting),
+    (S.Reporting, E.report_done): Transition(S.Completed, K.RunCompleted),
+    (S.Running, E.stage_failed): Transition(S.Failed, K.StageFailed),
+    (S.Running, E.spec_mismatch): Transition(S.Failed, K.SpecMismatch),
+    (S.Running, E.timeout): Transition(S.Failed, K.RunFailed),
+    (S.Booting, E.agent_lost): Transition(S.Failed, K.AgentLost),
+    (S.Running, E.agent_lost): Transition(S.Failed, K.AgentLost),
+    (S.Failed, E.hold_opened): Transition(S.FailedHolding, K.HoldingOpened),
+    (S.FailedHolding, E.hold_opened): Transition(S.FailedHolding),  # re-issue key
+    (S.FailedHolding, E.override): Transition(S.Running),
+    (S.Failed, E.release): Transition(S.Released),
+    (S.FailedHolding, E.release): Transition(S.Released),
+    **{(s, E.cancel): Transition(S.Cancelled) for s in RunState if s in ACTIVE},
 }
 
 
@@ -163,7 +185,7 @@ def heartbeat_command(state: RunState | str, *, retry_pending: bool = False) -> 
     heartbeating during a hold so that an operator's override (``retry_stage``) reaches it.
     """
     state = RunState(state)
-    if retry_pending and state not in TERMINAL:
+    if retry_pending and state not in ENDED:
         # a retry armed before the run was cancelled or released must not restart it
         return Command.retry_stage
     if state is S.Completed:

@@ -44,12 +44,13 @@ import msgspec
 import pytest
 
 from . import builtin
-from .context import MemorySink, Peers, StageContext, execute_stage
+from .context import MemorySink, Peers, StageContext, build_context, execute_stage
 from .model import (
     Host,
     Measurement,
     Run,
     RunRecord,
+    Severity,
     Stage,
     ThresholdEvaluation,
     ThresholdRule,
@@ -58,7 +59,8 @@ from .model import (
 from .plugins import Registry, load_registry
 from .protocol import LogLine, StageResult
 from .records import OperatorSpec, StageSpec
-from .thresholds import BUILTIN_OPERATORS, ThresholdEngine
+from .statemachine import RunState
+from .thresholds import BUILTIN_OPERATORS, ThresholdEngine, judge_stage
 
 __all__ = [
     "Capture",
@@ -172,12 +174,10 @@ class StageRun:
         return [j for j in self.judge() if not j.passed]
 
     def final_verdict(self) -> Verdict:
-        """The orchestrator's view: a critical breach fails a stage the plugin passed."""
-        if self.verdict is Verdict.passed and any(
-            j.rule.severity.value == "critical" for j in self.breaches()
-        ):
-            return Verdict.failed
-        return self.verdict
+        """The orchestrator's view (:func:`~vetting_core.thresholds.judge_stage`): a
+        critical breach fails a stage the plugin passed."""
+        critical = [j for j in self.breaches() if j.rule.severity is Severity.critical]
+        return judge_stage(self.verdict, self.reason, critical).verdict
 
 
 async def run_stage(
@@ -221,8 +221,8 @@ async def run_stage(
     rules = default_rules(stage, thresholds)
     ops = dict(registry.operators) if registry is not None else {o.name: o for o in BUILTIN_OPERATORS}
     ops.update({o.name: o for o in operators})
-    ctx = StageContext(
-        stage=stage.name,
+    ctx = build_context(
+        stage.name,
         sink=sink,
         workdir=Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="vetting-stage-")),
         params=merged,
@@ -302,7 +302,7 @@ def run_record(*runs: StageRun, host_name: str = "test-host", profile: str = "qu
         run=Run(
             id=1,
             host_id=1,
-            state="Failed" if failed else "Completed",
+            state=(RunState.Failed if failed else RunState.Completed).value,
             result="failed" if failed else "passed",
             failed_stage=failed,
             profile=profile,

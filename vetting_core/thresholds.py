@@ -20,15 +20,15 @@ import gc
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from itertools import repeat
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 
-from .model import Measurement, Severity, ThresholdRule
+from .model import Measurement, Severity, ThresholdRule, Verdict
 from .records import OperatorSpec
 
 
@@ -406,3 +406,40 @@ class ThresholdEngine:
 
     def critical(self, breaches: Iterable[Evaluation]) -> list[Evaluation]:
         return [b for b in breaches if self.rules[b.rule].severity is Severity.critical]
+
+
+class StageJudgement(NamedTuple):
+    """A stage's verdict and reason once the thresholds have had their say."""
+
+    verdict: Verdict
+    reason: str | None
+
+
+_B = TypeVar("_B")
+
+
+def judge_stage(
+    verdict: Verdict,
+    reason: str | None,
+    critical: Sequence[_B],
+    why: Callable[[Sequence[_B]], str] | None = None,
+) -> StageJudgement:
+    """The one rule that joins a plugin's verdict and the thresholds: **a critical
+    threshold breach turns a passed stage into a failed one**.
+
+    A plugin judges what it can see (an exit code, a parsed verdict); the run's rules
+    judge the numbers it measured, including rules the plugin never heard of (a host's
+    spec, a profile fragment). A critical breach overrides only ``passed``: a stage that
+    failed, could not run, was skipped or asked for a hold keeps its own verdict and
+    reason, so the first cause stays the one reported. Warnings never change a verdict.
+
+    ``critical`` holds the critical breaches in whatever shape the caller judged them
+    (:class:`Evaluation` from :meth:`ThresholdEngine.critical`, the test kit's
+    judgements, the server's stored rows); ``why`` turns them into the failed stage's
+    reason, because each caller names the offending sample with what it has at hand.
+    Used by the server (an agent's stage result), local mode and the plugin test kit
+    (:mod:`vetting_core.testing`), so the three cannot disagree on a verdict.
+    """
+    if verdict is Verdict.passed and critical:
+        return StageJudgement(Verdict.failed, why(critical) if why is not None else "critical threshold breach")
+    return StageJudgement(verdict, reason)

@@ -12,6 +12,7 @@ import pytest
 
 from vetting_core import (
     MemorySink,
+    ProbeSpec,
     StageCannotRun,
     StageContext,
     StageFailed,
@@ -19,7 +20,10 @@ from vetting_core import (
     StageSkipped,
     StageSpec,
     execute_stage,
+    hookimpl,
 )
+from vetting_core.context import build_context, stage_workdir
+from vetting_core.plugins import load_registry
 from vetting_core.model import Verdict
 from vetting_core import tools
 from vetting_core.tools import ToolNotFound, run_tool, stream_tool, which
@@ -389,3 +393,38 @@ async def test_stream_tool_timeout():
     r = await stream_tool(["sh", "-c", "echo started; sleep 30"], lambda s, line: lines.append(line), timeout=0.5)
     assert r.timed_out and lines == ["started"]
 
+
+
+# -- build_context: the one builder the agent and the test kit share --------------------
+class _ProbePlugin:
+    """A plugin registering one inventory probe."""
+
+    @staticmethod
+    async def collect():
+        return {"tpm": {"version": "2"}}
+
+    @hookimpl
+    def vetting_probes(self):
+        return [ProbeSpec(name="tpm", collect=self.collect, sections=("tpm",))]
+
+
+def test_build_context_hands_over_the_registrys_probes_and_copies_inputs(tmp_path):
+    registry = load_registry(entry_points=False, plugins=[("probe", _ProbePlugin())], environ={})
+    params, inventory, flags = {"n": 1}, {"cpu": {}}, {"wipe": True}
+    ctx = build_context(
+        "InventoryCheck", sink=MemorySink(), workdir=tmp_path, params=params, registry=registry,
+        run_id=7, inventory=inventory, override_flags=flags, non_destructive=False,
+    )
+    assert [p.name for p in ctx.probes] == ["tpm"]
+    assert (ctx.stage, ctx.run_id, ctx.non_destructive, ctx.workdir) == ("InventoryCheck", 7, False, tmp_path)
+    params["n"], inventory["gpu"], flags["wipe"] = 2, {}, False  # the stage sees a copy
+    assert (ctx.params, ctx.inventory, ctx.override_flags) == ({"n": 1}, {"cpu": {}}, {"wipe": True})
+
+
+def test_build_context_without_a_registry_leaves_probes_to_the_stage(tmp_path):
+    ctx = build_context("InventoryCheck", sink=MemorySink(), workdir=tmp_path)
+    assert ctx.probes is None and ctx.params == {} and ctx.profile == "quick" and ctx.non_destructive
+
+
+def test_stage_workdir_reads_like_the_plan(tmp_path):
+    assert stage_workdir(tmp_path, "SMART", 3) == tmp_path / "03-SMART"

@@ -14,48 +14,53 @@ import pytest
 
 from vetting_core.events import RunEventKind as K
 from vetting_core.statemachine import (
+    ACTIVE,
     AGENT_ACTIVE,
+    BUSY,
+    ENDED,
+    FAILED,
+    IN_FLIGHT,
     TABLE,
     TERMINAL,
-    Action as A,
     Command,
     InvalidTransition,
     RunEventType as E,
     RunState as S,
     allowed_events,
     heartbeat_command,
+    sql_states,
     transition,
 )
 
 CANCELLABLE = {S.Registered, S.Queued, S.WaitingBoot, S.Booting, S.Running, S.Reporting}
 
-EXPECTED: dict[tuple[S, E], tuple[S, A, K | None]] = {
-    (S.Registered, E.enqueue): (S.Queued, A.none, None),
-    (S.Queued, E.dispatch): (S.WaitingBoot, A.power_on, None),
-    (S.Queued, E.hello): (S.Booting, A.record_agent, None),
-    (S.WaitingBoot, E.boot_requested): (S.Booting, A.none, None),
-    (S.WaitingBoot, E.boot_failed): (S.Failed, A.finish, K.RunFailed),
-    (S.WaitingBoot, E.timeout): (S.Failed, A.finish, K.RunFailed),
-    (S.WaitingBoot, E.hello): (S.Booting, A.record_agent, None),
-    (S.Booting, E.hello): (S.Booting, A.record_agent, None),
-    (S.Booting, E.claim): (S.Running, A.seed_stages, None),
-    (S.Booting, E.timeout): (S.Failed, A.finish, K.RunFailed),
-    (S.Booting, E.agent_lost): (S.Failed, A.finish, K.AgentLost),
-    (S.Running, E.hello): (S.Running, A.record_agent, None),
-    (S.Running, E.claim): (S.Running, A.resume, None),
-    (S.Running, E.stage_passed): (S.Running, A.advance, None),
-    (S.Running, E.pipeline_done): (S.Reporting, A.build_report, None),
-    (S.Running, E.stage_failed): (S.Failed, A.finish, K.StageFailed),
-    (S.Running, E.spec_mismatch): (S.Failed, A.finish, K.SpecMismatch),
-    (S.Running, E.timeout): (S.Failed, A.finish, K.RunFailed),
-    (S.Running, E.agent_lost): (S.Failed, A.finish, K.AgentLost),
-    (S.Reporting, E.report_done): (S.Completed, A.finish, K.RunCompleted),
-    (S.Failed, E.hold_opened): (S.FailedHolding, A.open_hold, K.HoldingOpened),
-    (S.Failed, E.release): (S.Released, A.close, None),
-    (S.FailedHolding, E.hold_opened): (S.FailedHolding, A.open_hold, None),
-    (S.FailedHolding, E.override): (S.Running, A.retry_stage, None),
-    (S.FailedHolding, E.release): (S.Released, A.close, None),
-    **{(s, E.cancel): (S.Cancelled, A.close, None) for s in CANCELLABLE},
+EXPECTED: dict[tuple[S, E], tuple[S, K | None]] = {
+    (S.Registered, E.enqueue): (S.Queued, None),
+    (S.Queued, E.dispatch): (S.WaitingBoot, None),
+    (S.Queued, E.hello): (S.Booting, None),
+    (S.WaitingBoot, E.boot_requested): (S.Booting, None),
+    (S.WaitingBoot, E.boot_failed): (S.Failed, K.RunFailed),
+    (S.WaitingBoot, E.timeout): (S.Failed, K.RunFailed),
+    (S.WaitingBoot, E.hello): (S.Booting, None),
+    (S.Booting, E.hello): (S.Booting, None),
+    (S.Booting, E.claim): (S.Running, None),
+    (S.Booting, E.timeout): (S.Failed, K.RunFailed),
+    (S.Booting, E.agent_lost): (S.Failed, K.AgentLost),
+    (S.Running, E.hello): (S.Running, None),
+    (S.Running, E.claim): (S.Running, None),
+    (S.Running, E.stage_passed): (S.Running, None),
+    (S.Running, E.pipeline_done): (S.Reporting, None),
+    (S.Running, E.stage_failed): (S.Failed, K.StageFailed),
+    (S.Running, E.spec_mismatch): (S.Failed, K.SpecMismatch),
+    (S.Running, E.timeout): (S.Failed, K.RunFailed),
+    (S.Running, E.agent_lost): (S.Failed, K.AgentLost),
+    (S.Reporting, E.report_done): (S.Completed, K.RunCompleted),
+    (S.Failed, E.hold_opened): (S.FailedHolding, K.HoldingOpened),
+    (S.Failed, E.release): (S.Released, None),
+    (S.FailedHolding, E.hold_opened): (S.FailedHolding, None),
+    (S.FailedHolding, E.override): (S.Running, None),
+    (S.FailedHolding, E.release): (S.Released, None),
+    **{(s, E.cancel): (S.Cancelled, None) for s in CANCELLABLE},
 }
 
 ALL_PAIRS = list(itertools.product(S, E))
@@ -72,7 +77,7 @@ def test_every_pair(state, event):
         assert event not in allowed_events(state)
     else:
         t = transition(state, event)
-        assert (t.next, t.action, t.notify) == expected
+        assert (t.next, t.notify) == expected
         assert event in allowed_events(state)
         # strings from the database or the wire work the same
         assert transition(state.value, event.value) == t
@@ -131,11 +136,10 @@ def test_completed_only_via_reporting_and_reporting_only_from_running():
     assert into_released == {S.Failed, S.FailedHolding}
 
 
-def test_every_way_into_failed_notifies_and_finishes():
+def test_every_way_into_failed_notifies():
     for (src, event), t in TABLE.items():
         if t.next is S.Failed:
             assert t.notify is not None, (src, event)
-            assert t.action is A.finish, (src, event)
 
 
 def test_happy_path():
@@ -153,6 +157,41 @@ def test_failure_hold_override_release_path():
                             (E.hold_opened, S.FailedHolding), (E.release, S.Released)):
         state = transition(state, event).next
         assert state is expected
+
+
+def test_groups_written_out():
+    assert ENDED == TERMINAL == {S.Completed, S.Released, S.Cancelled}
+    assert FAILED == {S.Failed, S.FailedHolding}
+    assert ACTIVE == CANCELLABLE
+    assert IN_FLIGHT == {S.WaitingBoot, S.Booting, S.Running, S.Reporting}
+    assert BUSY == CANCELLABLE | {S.FailedHolding}
+
+
+def test_active_failed_ended_partition_the_states():
+    assert ACTIVE | FAILED | ENDED == set(S)
+    assert ACTIVE.isdisjoint(FAILED) and ACTIVE.isdisjoint(ENDED) and FAILED.isdisjoint(ENDED)
+    assert IN_FLIGHT < ACTIVE < BUSY
+
+
+def test_groups_match_the_table():
+    # ENDED: nothing leaves; FAILED: only release, hold and override leave; ACTIVE: cancellable
+    assert {s for s in S if not allowed_events(s)} == ENDED
+    assert {s for s in S if (s, E.cancel) in TABLE} == ACTIVE
+    assert {t.next for (_s, e), t in TABLE.items() if e in (E.stage_failed, E.hold_opened)} == FAILED
+
+
+@pytest.mark.parametrize("state", list(S), ids=lambda s: s.value)
+def test_a_plain_string_tests_group_membership(state):
+    # rows from the database and replies from the wire carry the state as a str
+    for group in (ACTIVE, ENDED, FAILED, IN_FLIGHT, BUSY, AGENT_ACTIVE):
+        assert (state.value in group) is (state in group)
+    assert "Exploded" not in ACTIVE | FAILED | ENDED
+
+
+def test_sql_states_in_lifecycle_order():
+    assert sql_states(FAILED) == "('Failed', 'FailedHolding')"
+    assert sql_states(IN_FLIGHT) == "('WaitingBoot', 'Booting', 'Running', 'Reporting')"
+    assert sql_states(ENDED) == "('Completed', 'Released', 'Cancelled')"
 
 
 def test_agent_token_states():

@@ -29,6 +29,7 @@ from typing import Any
 
 import anyio
 
+from vetting_core import hwmon
 from vetting_core.context import StageContext, StageFailed
 from vetting_core.model import Severity, ThresholdRule
 from vetting_core.records import StageSpec
@@ -54,25 +55,10 @@ DEFAULT_RULES: tuple[dict[str, Any], ...] = (
 )
 
 
-def hwmon_temps(root: str | Path = "/sys/class/hwmon") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for hw in sorted(Path(root).glob("hwmon*")):
-        try:
-            chip = (hw / "name").read_text().strip()
-        except OSError:
-            chip = hw.name
-        for f in sorted(hw.glob("temp*_input")):
-            idx = f.name[: -len("_input")]
-            try:
-                value = int(f.read_text().strip()) / 1000.0
-            except (OSError, ValueError):
-                continue
-            try:
-                label = (hw / f"{idx}_label").read_text().strip()
-            except OSError:
-                label = idx
-            out[f"{chip}/{label}"] = value
-    return out
+def hwmon_temps(root: str | Path = hwmon.HWMON_ROOT) -> dict[str, float]:
+    """hwmon temperatures in °C by ``<chip>/<label>`` (:mod:`vetting_core.hwmon`: the
+    sidecar's keys and order)."""
+    return {ch.key: value for ch, value in hwmon.read_all(root, kinds={"temp"})}
 
 
 class _Burn:

@@ -10,6 +10,8 @@ import json
 import re
 from pathlib import Path
 
+from vetting_core import hwmon
+
 
 class SensorsParseError(ValueError):
     pass
@@ -58,23 +60,7 @@ def parse_text(text: str) -> list[tuple[str, str, float]]:
     return out
 
 
-def read_hwmon(root: str | Path = "/sys/class/hwmon") -> list[tuple[str, str, float]]:
-    """``in*_input`` (millivolts) with their ``in*_label`` (else the input name)."""
-    out = []
-    for hw in sorted(Path(root).glob("hwmon*")):
-        try:
-            chip = (hw / "name").read_text().strip()
-        except OSError:
-            chip = hw.name
-        for f in sorted(hw.glob("in*_input")):
-            idx = f.name[: -len("_input")]
-            try:
-                mv = int(f.read_text().strip())
-            except (OSError, ValueError):
-                continue
-            try:
-                label = (hw / f"{idx}_label").read_text().strip()
-            except OSError:
-                label = idx
-            out.append((chip, label, mv / 1000.0))
-    return out
+def read_hwmon(root: str | Path = hwmon.HWMON_ROOT) -> list[tuple[str, str, float]]:
+    """Voltage inputs as ``(chip, label, volts)`` (:mod:`vetting_core.hwmon`: the
+    sidecar's keys and order)."""
+    return [(ch.chip, ch.label, value) for ch, value in hwmon.read_all(root, kinds={"volt"})]
