@@ -31,27 +31,29 @@ from vetting_core.plugins import Registry, load_registry
 from vetting_core.protocol import ErrorBody
 from vetting_core.text import printable
 
-from . import contract, edge, ui
-from .api_agent import EDGE_ROUTES, AgentController, ArtifactController, artifact_body_limit
-from .api_operator import EventController, HostController, RunController, SystemController
-from .database import safe_url
+from .api import contract
+from .edge import routes as edge
+from . import ui
+from .api.agent import EDGE_ROUTES, AgentController, ArtifactController, artifact_body_limit
+from .api.operator import EventController, HostController, RunController, SystemController
+from .db.database import safe_url
 from .errors import ApiError
 from .firmware.api import FirmwareArtifactController, FirmwareController, FirmwareImageController, RemediationController
 from .firmware.runner import CampaignRunner
 from .firmware.store import FirmwareStore
-from .ingest import Ingest
+from .ingest.writer import Ingest
 from .metrics import Metrics
-from .login import LoginGuard
-from .migrate import migrate
+from .api.login import LoginGuard
+from .db.migrate import migrate
 from .peers import PeerService
-from .bootfiles import BootFileController
-from .netboot import NetBoot
-from .power import PowerControl
-from .pxe import PxeSupervisor
-from .reporting import Reporting
-from .runs import RunService
+from .pxe.bootfiles import BootFileController
+from .boot.netboot import NetBoot
+from .boot.power import PowerControl
+from .pxe.supervisor import PxeSupervisor
+from .runs.reporting import Reporting
+from .runs.service import RunService
 from .runtime import Runtime
-from .scheduler import Scheduler
+from .runs.scheduler import Scheduler
 from .settings_service import RuntimeSettings
 
 log = structlog.get_logger()

@@ -31,7 +31,7 @@ from vetting_core.plugins import Registry
 from vetting_core.statemachine import TERMINAL, RunState
 from vetting_core.thresholds import ThresholdEngine
 
-from .database import Database, as_dt, connect_database, utcnow
+from .db.database import Database, as_dt, connect_database, utcnow
 
 log = structlog.get_logger()
 

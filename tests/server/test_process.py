@@ -140,7 +140,7 @@ def test_restart_resumes_and_kill9_loses_nothing(tmp_path, database_url):
 def test_db_migrate_and_token_cli(tmp_path):
     srv = ServerProcess(tmp_path / "srv")
     cp = srv.cli("db", "migrate")
-    from vetting_server.migrate import available
+    from vetting_server.db.migrate import available
 
     versions = [v for v, _ in available()]
     assert cp.returncode == 0 and f"applied {len(versions)} migration(s): {', '.join(versions)}" in cp.stdout
@@ -157,7 +157,7 @@ def test_db_migrate_and_token_cli(tmp_path):
 def test_plugins_list_does_not_import_the_server_stack():
     code = (
         "import sys, io, contextlib\n"
-        "from vetting_server.cli import main\n"
+        "from vetting_server.cli.commands import main\n"
         "with contextlib.redirect_stdout(io.StringIO()) as out: rc = main(['plugins', 'list'])\n"
         "assert rc == 0 and 'core' in out.getvalue()\n"
         "print(sorted(m for m in ('litestar', 'piccolo', 'asyncpg', 'uvicorn') if m in sys.modules))\n"

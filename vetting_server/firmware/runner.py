@@ -41,9 +41,9 @@ import structlog
 from vetting_core.boot import BootError
 from vetting_core.firmware import FirmwareItem, FirmwareUpdateError, image_items
 
-from ..database import as_dt, utcnow
+from ..db.database import as_dt, utcnow
 from ..errors import ApiError
-from ..runs import jdump
+from ..runs.service import jdump
 from ..runtime import Runtime
 from ..security import new_token, token_hash
 from .plans import Policy, describe_window, window_state
