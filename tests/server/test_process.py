@@ -157,7 +157,7 @@ def test_db_migrate_and_token_cli(tmp_path):
 def test_plugins_list_does_not_import_the_server_stack():
     code = (
         "import sys, io, contextlib\n"
-        "from vetting_server.cli.commands import main\n"
+        "from vetting_server.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()) as out: rc = main(['plugins', 'list'])\n"
         "assert rc == 0 and 'core' in out.getvalue()\n"
         "print(sorted(m for m in ('litestar', 'piccolo', 'asyncpg', 'uvicorn') if m in sys.modules))\n"

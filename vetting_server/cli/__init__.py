@@ -2,6 +2,6 @@
 
 ``vetting_server.cli:main`` is the console script's entry point."""
 
-from .commands import main
+from .parser import main
 
 __all__ = ["main"]

@@ -9,7 +9,7 @@ when it exists) and work on the database directly. Client commands (``host``,
 Litestar, Piccolo, asyncpg and httpx are imported only by the commands that need
 them, so ``vetting plugins list`` starts fast.
 
-Every error is one line on stderr naming the problem and the fix (:mod:`.cli_errors`),
+Every error is one line on stderr naming the problem and the fix (:mod:`.errors`),
 with exit status 2 for a usage error and 1 for anything else; never a traceback
 (``VETTING_DEBUG=1`` shows it). Listings print aligned tables; ``--json`` prints what
 the API returned, for scripts.
@@ -23,26 +23,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from vetting_core.cmdline import command_line
+from .client import Client, _host_id, _settings
+from .errors import USAGE, CliError, database_error
+from .output import _cell, _json, _pairs, _table
+from .watch import _print_detail
 
-from .errors import USAGE, CliError, database_error, http_error
 
-
-def _settings(args: argparse.Namespace) -> Any:
-    from vetting_core.config import ConfigError, load_settings
-
-    path = args.config or os.environ.get("VETTING_CONFIG")
-    if path is None and Path("vetting.yaml").is_file():
-        path = "vetting.yaml"
-    try:
-        return load_settings(path)
-    except ConfigError as exc:
-        raise CliError(f"{exc} (fix the configuration file or the VETTING__ variable)") from None
-    except OSError as exc:
-        raise CliError(f"cannot read the configuration file {path}: {exc.strerror or exc}: "
-                       "pass an existing file with --config or $VETTING_CONFIG") from None
 
 
 def _configure_logging(level: str = "info", fmt: str = "console") -> None:
@@ -260,102 +248,6 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return _with_db(args, fn)
 
 
-# ------------------------------------------------------------------------- client side
-
-
-class Client:
-    """The operator API over HTTP. Every failure becomes one :class:`CliError` line."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        import httpx
-
-        server = getattr(args, "server", None) or os.environ.get("VETTING_SERVER")
-        if not server:
-            settings = _settings(args)
-            s = settings.server
-            server = s.public_url or f"http://{'127.0.0.1' if s.host in ('0.0.0.0', '::') else s.host}:{s.port}"
-        token = getattr(args, "token", None) or os.environ.get("VETTING_TOKEN")
-        if not token:
-            raise CliError("no API token: pass --token or set $VETTING_TOKEN (create one with 'vetting token create')")
-        if not server.startswith(("http://", "https://")):
-            raise CliError(f"the server URL {server!r} must start with http:// or https:// (--server or $VETTING_SERVER)",
-                           USAGE)
-        self.base = server.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"}
-        command = getattr(args, "command_line", None)
-        if command:  # a run started by this command records it as its origin
-            headers["X-Vetting-Command"] = command.encode("ascii", "replace").decode()
-        self.http = httpx.Client(base_url=self.base, headers=headers, timeout=30)
-
-    def unreachable(self, exc: Exception) -> CliError:
-        why = str(exc) or type(exc).__name__
-        return CliError(f"cannot reach the server at {self.base} ({why}): is 'vetting serve' running there? "
-                        "set --server or $VETTING_SERVER")
-
-    def call(self, method: str, path: str, **kw: Any) -> Any:
-        import httpx
-
-        try:
-            r = self.http.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise self.unreachable(exc) from None
-        if r.status_code >= 400:
-            try:
-                body: Any = r.json()
-            except ValueError:
-                body = r.text[:300]
-            raise http_error(method, path, r.status_code, body)
-        if r.status_code == 204:
-            return None
-        try:
-            return r.json()
-        except ValueError:
-            raise CliError(f"{self.base} answered {method} {path} with something that is not JSON: "
-                           "is --server a Vetting server?") from None
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    text = str(v)
-    if len(text) >= 19 and text[4:5] == "-" and text[10:11] == "T":  # an ISO timestamp: to the second
-        return text[:19].replace("T", " ")
-    return " ".join(text.split())
-
-
-def _table(rows: list[dict[str, Any]], cols: list[str], headers: list[str] | None = None) -> str:
-    """Aligned columns; the last one is not padded."""
-    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
-    heads = [h.upper() for h in (headers or cols)]
-    widths = [max([len(h)] + [len(x[i]) for x in cells]) for i, h in enumerate(heads)]
-
-    def line(values: list[str]) -> str:
-        return "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()
-
-    return "\n".join([line(heads)] + [line(row) for row in cells])
-
-
-def _pairs(items: list[tuple[str, Any]]) -> str:
-    """``key  value`` lines, keys aligned."""
-    width = max(len(k) for k, _ in items)
-    return "\n".join(f"{k.ljust(width)}  {_cell(v) if not isinstance(v, str) else v}" for k, v in items)
-
-
-def _json(data: Any) -> None:
-    print(json.dumps(data, indent=2))
-
-
-def _host_id(c: Client, ref: str) -> int:
-    if ref.isdigit():
-        return int(ref)
-    for h in c.call("GET", "/api/v1/hosts", params={"limit": 1000})["items"]:
-        if h["name"] == ref:
-            return int(h["id"])
-    raise CliError(f"no host named {ref!r}: 'vetting host list' shows the registered hosts")
-
-
 def boot_options(pairs: list[str]) -> dict[str, Any]:
     """``["address=10.0.0.7", "port=623", "efiboot=true"]`` → a boot_config; values are
     YAML scalars (numbers and booleans typed), the server checks them against the
@@ -472,51 +364,6 @@ def cmd_run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-MARKS = {"passed": "✔", "failed": "✘", "skipped": "–", "cannot_run": "⊘", "running": "…", "hold": "!"}
-
-
-def _label(state: str) -> str:
-    return "could not run" if state == "cannot_run" else state
-
-
-def _duration(st: dict[str, Any]) -> str:
-    from datetime import datetime
-
-    from vetting_core.progress import fmt_duration
-
-    if not (st.get("started_at") and st.get("completed_at")):
-        return ""
-    t0, t1 = (datetime.fromisoformat(st[k].replace("Z", "+00:00")) for k in ("started_at", "completed_at"))
-    return fmt_duration((t1 - t0).total_seconds())
-
-
-def report_paths(run: dict[str, Any]) -> list[Path]:
-    """The run's report files, HTML first (``report_path`` is the JSON report's)."""
-    if not run.get("report_path"):
-        return []
-    json_path = Path(run["report_path"])
-    return [json_path.with_name("report.html"), json_path, json_path.with_name("report.ocptv.jsonl")]
-
-
-def _print_detail(d: dict[str, Any], *, report: bool = True) -> None:
-    run = d["run"]
-    print(f"run {run['id']} on {run['host_name']}: {run['state']}"
-          + (f" ({run['result']})" if run["result"] else "")
-          + (f" — {run['reason']}" if run["reason"] else ""))
-    rows = [{"mark": MARKS.get(s["state"], " "), "stage": s["name"], "verdict": _label(s["state"]),
-             "took": _duration(s), "reason": s.get("reason") or ""} for s in d["stages"]]
-    print(_table(rows, ["mark", "stage", "verdict", "took", "reason"], [" ", "stage", "verdict", "took", "reason"]))
-    for diff in d["spec_diffs"]:
-        print(f"  spec {diff['severity']}: {diff['field']}: expected {diff['expected']}, found {diff['actual']}")
-    if d["breach_count"]:
-        print(f"  {d['breach_count']} threshold breach(es)")
-    print(f"  {d['measurement_count']} samples, {d['log_line_count']} log lines")
-    if run.get("origin"):
-        print(f"  started by: {run['origin']}")
-    for path in report_paths(run)[:1] if report else []:
-        print(f"  report: {path}")
-
-
 def cmd_run_show(args: argparse.Namespace) -> int:
     d = Client(args).call("GET", f"/api/v1/runs/{args.run}")
     if args.json:
@@ -555,125 +402,6 @@ def _flags(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-FINAL = {"Completed", "Failed", "FailedHolding", "Released", "Cancelled"}
-
-
-def outcome_code(run: dict[str, Any]) -> int:
-    """Exit status of a finished run: 0 passed, 3 incomplete (a stage could not run
-    here), 1 anything else (failed, held, cancelled)."""
-    if run["state"] == "Completed":
-        return 3 if run.get("result") == "incomplete" else 0
-    return 1
-
-
-class _LiveLine:
-    """``vetting run watch``'s progress: the local mode's line (:func:`progress_line`),
-    redrawn in place on a terminal; in a pipe or a log, a line when the stage changes
-    and at most every ``every_s`` seconds otherwise (as the local mode prints it)."""
-
-    def __init__(self, started_at: Any, stream: Any = None, every_s: float = 5.0) -> None:
-        self.started_at = started_at  # stage name -> when it started (UTC), from the server
-        self.stream = stream or sys.stdout
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.every_s = every_s
-        self.drawn = False
-        self.stage: str | None = None
-        self.started = 0.0  # the stage's start, as a time.time()
-        self.printed = 0.0
-
-    def progress(self, stage: str | None, percent: int | None, message: str, index: str) -> None:
-        import time
-
-        from vetting_core.progress import progress_line
-
-        now = time.time()
-        if stage != self.stage:
-            began = self.started_at(stage) if stage else None
-            self.stage, self.started, self.printed = stage, began.timestamp() if began else now, 0.0
-        elif not self.tty and now - self.printed < self.every_s:
-            return
-        self.printed = now
-        fraction = None if percent is None else percent / 100
-        text = progress_line(index, stage or "-", fraction, max(0.0, now - self.started), message)
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + text)
-            self.drawn = True
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def print(self, text: str) -> None:
-        if self.drawn:
-            self.stream.write("\r\x1b[2K")
-            self.drawn = False
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-def cmd_run_watch(args: argparse.Namespace) -> int:
-    """Live stage progress from the SSE stream until the run ends (or holds). Exit
-    status: :func:`outcome_code`."""
-    import httpx
-
-    from vetting_core.text import printable  # agents' text, control characters escaped
-
-    c = Client(args)
-    d = c.call("GET", f"/api/v1/runs/{args.run}")
-    _print_detail(d)
-    if d["run"]["state"] in FINAL:
-        return outcome_code(d["run"])
-    order = [s["name"] for s in d["stages"]]
-    events = c.call("GET", f"/api/v1/runs/{args.run}/events", params={"limit": 5000})
-    last = events[-1]["id"] if events else 0
-    headers = {"Last-Event-ID": str(last), "Accept": "text/event-stream"}
-    state = d["run"]["state"]
-
-    def started_at(stage: str) -> Any:  # asked once per stage: elapsed and ETA count from there
-        from datetime import datetime
-
-        for st in c.call("GET", f"/api/v1/runs/{args.run}", params={"points": 1})["stages"]:
-            if st["name"] == stage and st.get("started_at"):
-                return datetime.fromisoformat(st["started_at"].replace("Z", "+00:00"))
-        return None
-
-    live = _LiveLine(started_at)
-    try:
-        with c.http.stream("GET", "/api/v1/events/stream", params={"run_id": args.run}, headers=headers,
-                           timeout=httpx.Timeout(30, read=None)) as r:
-            if r.status_code >= 400:
-                raise http_error("GET", "/api/v1/events/stream", r.status_code, r.read().decode(errors="replace"))
-            event, data = None, []
-            for line in r.iter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    data.append(line[5:].strip())
-                elif line == "" and data:
-                    raw, data = "\n".join(data).strip(), []
-                    if not raw:
-                        continue  # a comment or a retry hint
-                    payload = json.loads(raw)
-                    if event == "progress":
-                        stage = payload.get("stage")
-                        index = f"[{order.index(stage) + 1}/{len(order)}]" if stage in order else "[-]"
-                        live.progress(stage, payload.get("percent"), printable(payload.get("message") or ""), index)
-                    else:
-                        live.print(printable(f"{payload['ts'][11:19]} {payload['message']}"))
-                        to = (payload.get("data") or {}).get("to")
-                        if to:
-                            state = to
-                        if state in FINAL:
-                            break
-    except KeyboardInterrupt:
-        live.print("")
-        return 130
-    except httpx.HTTPError as exc:
-        raise c.unreachable(exc) from None
-    d = c.call("GET", f"/api/v1/runs/{args.run}")
-    _print_detail(d, report=getattr(args, "report_line", True))
-    return outcome_code(d["run"])
-
-
 def cmd_plugins_list(args: argparse.Namespace) -> int:
     from vetting_core.plugins import describe, load_registry
 
@@ -683,157 +411,3 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
         blocked = _settings(args).plugins.disable
     print(describe(load_registry(blocked=blocked)))
     return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
-
-    return int(demo.main(args) or 0)
-
-
-# ------------------------------------------------------------------------- parser
-
-
-class _Parser(argparse.ArgumentParser):
-    """A usage error is one line (the problem and where the help is), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise CliError(f"{message} (see '{self.prog} --help')", USAGE)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="vetting", description="Vetting orchestrator")
-    p.add_argument("--config", help="configuration file (default $VETTING_CONFIG or ./vetting.yaml)")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    def client_opts(sp: argparse.ArgumentParser, json_out: bool = False) -> None:
-        sp.add_argument("--server", help="server URL (default $VETTING_SERVER or the config's server.public_url)")
-        sp.add_argument("--token", help="operator API token (default $VETTING_TOKEN)")
-        sp.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        if json_out:
-            sp.add_argument("--json", action="store_true", help="print the API's JSON instead of a table (for scripts)")
-
-    s = sub.add_parser("serve", help="run the orchestrator server")
-    s.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.set_defaults(func=cmd_serve)
-
-    db = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_command", required=True, parser_class=_Parser)
-    m = db.add_parser("migrate", help="apply pending schema migrations")
-    m.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    m.set_defaults(func=cmd_db_migrate)
-
-    adm = sub.add_parser("admin", help="operator accounts").add_subparsers(dest="admin_command", required=True, parser_class=_Parser)
-    a = adm.add_parser("create", help="create an operator (or set its password); password from stdin or a prompt")
-    a.add_argument("user")
-    a.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    a.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    a.set_defaults(func=cmd_admin_create)
-
-    tok = sub.add_parser("token", help="operator API tokens").add_subparsers(dest="token_command", required=True, parser_class=_Parser)
-    t = tok.add_parser("create", help="create an API token (printed once on stdout)")
-    t.add_argument("--user", default="admin", help="operator the token belongs to (created without a password if new)")
-    t.add_argument("--name", default="cli", help="a label for the token")
-    t.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    t.set_defaults(func=cmd_token_create)
-
-    host = sub.add_parser("host", help="hosts").add_subparsers(dest="host_command", required=True, parser_class=_Parser)
-    h = host.add_parser("add", help="register a host")
-    h.add_argument("name")
-    h.add_argument("--mac", required=True)
-    h.add_argument("--boot-provider", default="manual", help="wol, manual, agent (host mode), ipmi, redfish or a plugin's")
-    h.add_argument("--boot-config", help="JSON, e.g. '{\"broadcast_ip\": \"10.0.0.255\"}'")
-    h.add_argument("--boot-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="one boot_config key (repeat), e.g. --boot-option address=10.0.0.7 "
-                        "--boot-option password_env=BMC_PW (docs/pxe.md)")
-    h.add_argument("--spec", help="expected spec YAML file")
-    h.add_argument("--notes", default="")
-    client_opts(h)
-    h.set_defaults(func=cmd_host_add)
-    h = host.add_parser("list", help="list hosts")
-    client_opts(h, json_out=True)
-    h.set_defaults(func=cmd_host_list)
-    h = host.add_parser("show", help="show a host")
-    h.add_argument("host", help="id or name")
-    client_opts(h, json_out=True)
-    h.set_defaults(func=cmd_host_show)
-
-    run = sub.add_parser("run", help="runs").add_subparsers(dest="run_command", required=True, parser_class=_Parser)
-    r = run.add_parser("start", help="start a run")
-    r.add_argument("host", help="host id or name")
-    r.add_argument("--profile", help="default: the server's runs.default_profile")
-    r.add_argument("--non-destructive", action="store_true")
-    r.add_argument("--stage", action="append", help="run only this stage (repeatable)")
-    client_opts(r)
-    r.set_defaults(func=cmd_run_start)
-    r = run.add_parser("list", help="list runs")
-    r.add_argument("--state")
-    r.add_argument("--host")
-    r.add_argument("--limit", type=int, default=50)
-    r.add_argument("--order-by", default="-id")
-    client_opts(r, json_out=True)
-    r.set_defaults(func=cmd_run_list)
-    r = run.add_parser("show", help="show a run: stages, verdicts, reasons, report")
-    r.add_argument("run", type=int)
-    client_opts(r, json_out=True)
-    r.set_defaults(func=cmd_run_show)
-    r = run.add_parser("watch", help="follow a run live (percent and ETA of the running stage); "
-                                     "exit 0 passed, 1 failed/held/cancelled, 3 incomplete")
-    r.add_argument("run", type=int)
-    client_opts(r)
-    r.set_defaults(func=cmd_run_watch)
-    actions = {
-        "cancel": "cancel a run that has not finished",
-        "release": "release a failed or held host (ends the hold)",
-        "override": "retry a held run's failed stage with gates overridden (default --flag wipe=true)",
-        "retry-stage": "run a held run's failed stage again, overriding nothing",
-    }
-    for action, text in actions.items():
-        r = run.add_parser(action, help=text)
-        r.add_argument("run", type=int)
-        r.add_argument("--reason", default="", help="recorded in the run's events with your name")
-        if action == "override":
-            r.add_argument("--flag", action="append", metavar="KEY=VALUE", help="override flag (repeatable)")
-        client_opts(r, json_out=True)
-        r.set_defaults(func=cmd_run_action, action=action)
-
-    from ..firmware.cli import add_commands as add_firmware_commands
-
-    add_firmware_commands(sub, client_opts)
-
-    pl = sub.add_parser("plugins", help="plugins").add_subparsers(dest="plugins_command", required=True, parser_class=_Parser)
-    x = pl.add_parser("list", help="list installed plugins and what they register")
-    x.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    x.set_defaults(func=cmd_plugins_list)
-
-    d = sub.add_parser("demo", help="start a server, register this machine, run a quick non-destructive vetting")
-    d.add_argument("--dir", help="working directory for the demo (default: a temporary one)")
-    d.add_argument("--port", type=int, default=0)
-    d.add_argument("--profile", default="quick")
-    d.add_argument("--stage", action="append", help="run only these stages (repeatable; default: the profile's)")
-    d.add_argument("--keep", action="store_true", help="keep the server running at the end")
-    d.set_defaults(func=cmd_demo)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        args = build_parser().parse_args(argv)
-        if not hasattr(args, "config"):
-            args.config = None
-        args.command_line = command_line(["vetting", *argv])
-        return int(args.func(args) or 0)
-    except CliError as exc:
-        print(f"vetting: {exc}", file=sys.stderr)
-        return exc.code
-    except KeyboardInterrupt:
-        print("vetting: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a bug: still one line, the traceback only on request
-        if os.environ.get("VETTING_DEBUG"):
-            raise
-        print(f"vetting: unexpected error: {type(exc).__name__}: {' '.join(str(exc).split())[:500]} "
-              "(rerun with VETTING_DEBUG=1 for the traceback and report it)", file=sys.stderr)
-        return 1

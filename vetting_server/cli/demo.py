@@ -143,7 +143,8 @@ def wait_for_report(client: Any, run_id: int, timeout: float = 120.0) -> dict[st
 
 
 def main(args: argparse.Namespace) -> int:
-    from .commands import Client, cmd_run_watch, outcome_code, report_paths
+    from .client import Client
+    from .watch import cmd_run_watch, outcome_code, report_paths
 
     workdir = Path(args.dir).resolve() if args.dir else Path(tempfile.mkdtemp(prefix="vetting-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
