@@ -45,7 +45,8 @@ from ..edge.routes import EdgeRoute
 from ..edge.fastbody import FastBody
 from ..errors import ApiError, forbidden, unauthorized
 from .limits import PathId
-from ..security import new_token, token_hash
+from ..security import token_hash
+from ..runs.tokens import issue_run_token
 
 RUN = "/api/v1/runs/{run_id:int}"
 
@@ -177,13 +178,13 @@ class AgentController(Controller):
         )
         if run is None:
             return HostHeartbeatReply(cmd="idle", poll_interval_s=poll)
-        run_token = new_token("vr_")
+        run_token, run_token_hash = issue_run_token()
         async with rt.unit() as u:
             n = await u.tx.execute(
                 # a token the host's own (authenticated) agent asked for: the new hello binds it afresh
                 "UPDATE runs SET agent_token_hash = $3, agent_boot_id = NULL, agent_peer = NULL, version = version + 1, "
                 "changed_at = $4 WHERE id = $1 AND agent_token_hash = $2",
-                int(run["id"]), run["agent_token_hash"], token_hash(run_token), rt.changed_now(),
+                int(run["id"]), run["agent_token_hash"], run_token_hash, rt.changed_now(),
             )
             if n == 1:
                 u.fx.runs.add(int(run["id"]))

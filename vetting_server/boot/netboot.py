@@ -34,7 +34,7 @@ from ..db.database import utcnow
 from ..errors import ApiError, conflict, forbidden, not_found
 from ..api.hosts import FieldError, normalize_mac
 from ..runtime import Runtime
-from ..security import new_token, token_hash
+from ..runs.tokens import issue_run_token
 
 log = structlog.get_logger()
 
@@ -97,13 +97,13 @@ class NetBoot:
         run_id = int(run["id"])
         kernel_url, initrd_url = boot_urls(rt.settings, rt.public_url)  # before the token: a 503 burns nothing
         now = utcnow()
-        token = new_token("vr_")
+        token, digest = issue_run_token()
         async with rt.unit() as u:
             n = await u.tx.execute(
                 "UPDATE runs SET agent_token_hash = $2, ipxe_served_at = $3, ipxe_served_to = $4, "
                 "version = version + 1, changed_at = $5 WHERE id = $1 AND state IN ('WaitingBoot', 'Booting') "
                 "AND hello_at IS NULL AND ipxe_served_at IS NULL AND boot_window_until > $3",
-                run_id, token_hash(token), now, (peer or "")[:100] or None, rt.changed_now(),
+                run_id, digest, now, (peer or "")[:100] or None, rt.changed_now(),
             )
             if n == 1:
                 u.fx.runs.add(run_id)

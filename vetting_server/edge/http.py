@@ -36,10 +36,10 @@ import msgspec
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from vetting_core.protocol import ErrorBody
 
 from . import routes as edge
 from ..app import VettingApp
+from ..errors import error_body
 
 _encode = msgspec.json.Encoder().encode
 
@@ -106,7 +106,7 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         cycle = self.cycle
         if cycle is None or cycle.response_complete or not getattr(cycle, "response_started", False):
-            payload = _encode(ErrorBody(status_code=408, detail=f"request {what} not received within {seconds:g} s"))
+            payload = _encode(error_body(408, f"request {what} not received within {seconds:g} s"))
             transport.write(
                 b"%scontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
                 % (_STATUS[408], len(payload), payload)

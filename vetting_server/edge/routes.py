@@ -23,12 +23,10 @@ from typing import Any, NamedTuple
 import msgspec
 import structlog
 
-from vetting_core.protocol import ErrorBody
-from vetting_core.text import printable
 
 from ..api import limits
 from ..api.auth import authenticate_run, cached_run_auth, parse_bearer
-from ..errors import ApiError
+from ..errors import ApiError, error_body, internal_error_body
 from ..runtime import RunAuth, Runtime
 
 log = structlog.get_logger()
@@ -84,10 +82,9 @@ def _decode(route: EdgeRoute, path: str, body: bytes | bytearray | None, max_bod
 def _error(path: str, exc: Exception) -> Reply:
     if isinstance(exc, ApiError):
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-        body = ErrorBody(status_code=exc.status_code, detail=printable(exc.detail), extra=exc.extra)
-        return Reply(exc.status_code, _encode(body), headers)
+        return Reply(exc.status_code, _encode(error_body(exc.status_code, exc.detail, exc.extra)), headers)
     log.exception("request.failed", path=path, error=f"{type(exc).__name__}: {exc}")
-    return Reply(500, _encode(ErrorBody(status_code=500, detail=f"internal error: {type(exc).__name__}; see the server log")), [])
+    return Reply(500, _encode(internal_error_body(exc)), [])
 
 
 def reply_now(rt: Runtime, path: str, run_id: int, route: EdgeRoute, token: str | None,

@@ -41,6 +41,7 @@ from vetting_core.protocol import (
     HelloReply,
     HoldReply,
     HoldRequest,
+    LogLine,
     PlannedStage,
     ResultReply,
     StageResult,
@@ -62,7 +63,8 @@ from ..api.hosts import FieldError, parse_host_spec
 from ..boot.power import KEEP, power_due
 from ..ingest.writer import stored_seqs
 from ..runtime import Runtime, Unit
-from ..security import new_token, token_hash
+from .retry import TransitionConflict, retry_on_conflict
+from .tokens import issue_run_token
 
 log = structlog.get_logger()
 
@@ -71,10 +73,6 @@ _json = msgspec.json.encode
 _AGENT_ACTIVE = frozenset(s.value for s in AGENT_ACTIVE)
 # stages the pipeline moves past (a stage that could not run, when that did not stop the run)
 SETTLED = frozenset(v.value for v in (Verdict.passed, Verdict.skipped, Verdict.cannot_run))
-
-
-class TransitionConflict(Exception):
-    pass
 
 
 def jdump(v: Any) -> str:
@@ -89,6 +87,9 @@ class RunService:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.db = rt.db
+        # an orchestrator-run stage's log lines, from its run until its outcome is stored
+        # (in the same unit of work): keyed by (run id, stage name)
+        self.orchestrator_logs: dict[tuple[int, str], list[LogLine]] = {}
 
     # ---------------------------------------------------------------- transitions
     async def transition(
@@ -230,14 +231,14 @@ class RunService:
             ThresholdEngine(plan.thresholds, self.rt.registry.operators)
         except ValueError as exc:
             raise ApiError(422, f"expected_spec_yaml: thresholds: {exc}", {"field": "expected_spec_yaml"}) from None
-        token = new_token("vr_")
+        token, digest = issue_run_token()
         now = utcnow()
         async with self.rt.unit() as u:
             run_id = await u.tx.fetchval(
                 "INSERT INTO runs (host_id, state, version, agent_token_hash, profile, non_destructive, "
                 "requested_stages_json, override_flags_json, expected_spec_json, actor, started_at, state_changed_at, origin) "
                 "VALUES ($1, $2, 0, $3, $4, $5, $6, '{}', $7, $8, $9, $9, $10) RETURNING id",
-                int(host["id"]), RunState.Registered.value, token_hash(token), profile, plan.non_destructive,
+                int(host["id"]), RunState.Registered.value, digest, profile, plan.non_destructive,
                 None if stages is None else jdump(stages),
                 None if spec is None else jdump(spec_to_dict(spec)), actor, now, origin,
             )
@@ -290,68 +291,64 @@ class RunService:
             agent_hostname=body.hostname[:255], agent_ip=(body.ip or peer_ip or "")[:100] or None,
             agent_boot_id=boot_id, agent_peer=peer,
         )
-        for _ in range(3):
-            try:
-                async with self.rt.unit() as u:
-                    run = await u.tx.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
-                    if run is None:
-                        raise not_found(f"run {run_id} not found")
-                    if run["agent_peer"] is not None and (run["agent_boot_id"] or "", run["agent_peer"]) != (boot_id, peer):
-                        bound = (run["agent_boot_id"], run["agent_peer"])
-                        break
-                    try:
-                        transition(run["state"], E.hello)
-                    except InvalidTransition:
-                        if run["state"] not in _AGENT_ACTIVE:
-                            raise conflict(f"run {run_id} is {run['state']}; hello is not accepted") from None
-                        cols = list(fields)
-                        await u.tx.execute(
-                            f"UPDATE runs SET {', '.join(f'{c} = ${i + 2}' for i, c in enumerate(cols))} WHERE id = $1",
-                            run_id, *[fields[c] for c in cols],
-                        )
-                        new = run
-                    else:
-                        new = await self.transition(
-                            u, run, E.hello, message=f"agent {body.hostname} said hello ({body.mode} mode, {body.agent_version})",
-                            **fields,
-                        )
-                self.rt.last_heartbeat[run_id] = now
-                return HelloReply(run_id=run_id, state=new["state"], server_time=now)
-            except TransitionConflict:
-                continue
-        else:
-            raise conflict(f"run {run_id} is changing; retry")
+
+        async def attempt() -> HelloReply | tuple[Any, Any, int]:
+            async with self.rt.unit() as u:
+                run = await u.tx.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
+                if run is None:
+                    raise not_found(f"run {run_id} not found")
+                if run["agent_peer"] is not None and (run["agent_boot_id"] or "", run["agent_peer"]) != (boot_id, peer):
+                    return (run["agent_boot_id"], run["agent_peer"], int(run["host_id"]))
+                try:
+                    transition(run["state"], E.hello)
+                except InvalidTransition:
+                    if run["state"] not in _AGENT_ACTIVE:
+                        raise conflict(f"run {run_id} is {run['state']}; hello is not accepted") from None
+                    cols = list(fields)
+                    await u.tx.execute(
+                        f"UPDATE runs SET {', '.join(f'{c} = ${i + 2}' for i, c in enumerate(cols))} WHERE id = $1",
+                        run_id, *[fields[c] for c in cols],
+                    )
+                    new = run
+                else:
+                    new = await self.transition(
+                        u, run, E.hello, message=f"agent {body.hostname} said hello ({body.mode} mode, {body.agent_version})",
+                        **fields,
+                    )
+            self.rt.last_heartbeat[run_id] = now
+            return HelloReply(run_id=run_id, state=new["state"], server_time=now)
+
+        outcome = await retry_on_conflict(run_id, attempt)
+        if isinstance(outcome, HelloReply):
+            return outcome
+        *bound, host_id = outcome  # the run token is bound to another agent: refused and audited
         text = (f"hello refused: the run token is bound to the agent that said hello first (boot {bound[0] or '?'} "
                 f"from {bound[1] or '?'}); this one is boot {boot_id or '?'} from {peer or '?'} ({body.hostname})")
         async with self.rt.unit() as u:
-            await u.event("audit.hello_refused", text, run_id=run_id, host_id=int(run["host_id"]), level="warning",
+            await u.event("audit.hello_refused", text, run_id=run_id, host_id=host_id, level="warning",
                           data={"peer": peer, "boot_id": boot_id, "hostname": body.hostname[:255],
                                 "bound_peer": bound[1], "bound_boot_id": bound[0]})
         raise conflict(text)
 
     async def claim(self, run_id: int, body: Claim) -> ClaimReply:
-        for _ in range(3):
-            try:
-                async with self.rt.unit() as u:
-                    run = await u.tx.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
-                    if run is None:
-                        raise not_found(f"run {run_id} not found")
-                    if run["state"] not in (RunState.Booting.value, RunState.Running.value):
-                        if run["state"] in (RunState.Queued.value, RunState.WaitingBoot.value):
-                            raise conflict(f"run {run_id} is {run['state']}: POST /hello before /claim")
-                        raise conflict(f"run {run_id} is {run['state']}; it cannot be claimed")
-                    first = run["state"] == RunState.Booting.value
-                    run = await self.transition(
-                        u, run, E.claim,
-                        message=f"agent {body.hostname} claimed the run" if first else f"agent {body.hostname} resumed the run",
-                    )
-                    if first:
-                        await self._advance(u, run, after_ordinal=-1)
-                break
-            except TransitionConflict:
-                continue
-        else:
-            raise conflict(f"run {run_id} is changing; retry")
+        async def attempt() -> None:
+            async with self.rt.unit() as u:
+                run = await u.tx.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
+                if run is None:
+                    raise not_found(f"run {run_id} not found")
+                if run["state"] not in (RunState.Booting.value, RunState.Running.value):
+                    if run["state"] in (RunState.Queued.value, RunState.WaitingBoot.value):
+                        raise conflict(f"run {run_id} is {run['state']}: POST /hello before /claim")
+                    raise conflict(f"run {run_id} is {run['state']}; it cannot be claimed")
+                first = run["state"] == RunState.Booting.value
+                run = await self.transition(
+                    u, run, E.claim,
+                    message=f"agent {body.hostname} claimed the run" if first else f"agent {body.hostname} resumed the run",
+                )
+                if first:
+                    await self._advance(u, run, after_ordinal=-1)
+
+        await retry_on_conflict(run_id, attempt)
         return await self.claim_reply(run_id)
 
     async def claim_reply(self, run_id: int) -> ClaimReply:
@@ -467,8 +464,7 @@ class RunService:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         res.measurements = list(sink.samples)
-        self._orchestrator_logs = getattr(self, "_orchestrator_logs", {})
-        self._orchestrator_logs[(int(run["id"]), name)] = list(sink.lines)
+        self.orchestrator_logs[(int(run["id"]), name)] = list(sink.lines)
         return res
 
     def _scratch(self) -> str:
@@ -544,7 +540,7 @@ class RunService:
             eng = engine or await self.rt.engine(run_id, db=tx)
             ev = evaluation or eng.evaluate(res.measurements, per_sample=False)
             await self.rt.ingest.write_samples_tx(tx, run_id, res.measurements, ev, eng)
-        lines = getattr(self, "_orchestrator_logs", {}).pop((run_id, stage["name"]), None)
+        lines = self.orchestrator_logs.pop((run_id, stage["name"]), None)
         if lines:
             await self.rt.ingest.write_lines_tx(tx, run_id, lines)
         await u.event(
@@ -748,33 +744,31 @@ class RunService:
         )
 
     async def operator_action(self, run_id: int, action: str, *, actor: str, reason: str = "", flags: dict[str, Any] | None = None) -> dict[str, Any]:
-        for _ in range(3):
-            try:
-                async with self.rt.unit() as u:
-                    run = await u.tx.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
-                    if run is None:
-                        raise not_found(f"run {run_id} not found")
-                    try:
-                        if action == "cancel":
-                            new = await self.transition(u, run, E.cancel, actor=actor, reason=reason or f"cancelled by {actor}", retry_stage=None)
-                        elif action == "release":
-                            new = await self.transition(u, run, E.release, actor=actor, message=f"released by {actor}" + (f": {reason}" if reason else ""))
-                        elif action == "override":
-                            new = await self._override(u, run, actor, flags or {"wipe": True}, reason)
-                        elif action == "retry_stage":  # the failed stage again, no gate overridden
-                            new = await self._override(u, run, actor, {}, reason)
-                        else:
-                            raise ValueError(action)
-                    except InvalidTransition:
-                        raise conflict(f"run {run_id} is {run['state']}; cannot {action} it", state=run["state"]) from None
-                    await u.event(
-                        f"audit.{action}", f"{action} by {actor}" + (f": {reason}" if reason else ""),
-                        run_id=run_id, host_id=int(run["host_id"]), actor=actor, data={"flags": flags} if flags else None,
-                    )
-                return new
-            except TransitionConflict:
-                continue
-        raise conflict(f"run {run_id} is changing; retry")
+        async def attempt() -> dict[str, Any]:
+            async with self.rt.unit() as u:
+                run = await u.tx.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
+                if run is None:
+                    raise not_found(f"run {run_id} not found")
+                try:
+                    if action == "cancel":
+                        new = await self.transition(u, run, E.cancel, actor=actor, reason=reason or f"cancelled by {actor}", retry_stage=None)
+                    elif action == "release":
+                        new = await self.transition(u, run, E.release, actor=actor, message=f"released by {actor}" + (f": {reason}" if reason else ""))
+                    elif action == "override":
+                        new = await self._override(u, run, actor, flags or {"wipe": True}, reason)
+                    elif action == "retry_stage":  # the failed stage again, no gate overridden
+                        new = await self._override(u, run, actor, {}, reason)
+                    else:
+                        raise ValueError(action)
+                except InvalidTransition:
+                    raise conflict(f"run {run_id} is {run['state']}; cannot {action} it", state=run["state"]) from None
+                await u.event(
+                    f"audit.{action}", f"{action} by {actor}" + (f": {reason}" if reason else ""),
+                    run_id=run_id, host_id=int(run["host_id"]), actor=actor, data={"flags": flags} if flags else None,
+                )
+            return new
+
+        return await retry_on_conflict(run_id, attempt)
 
     async def _override(self, u: Unit, run: dict[str, Any], actor: str, flags: dict[str, Any], reason: str) -> dict[str, Any]:
         stage_name = run["failed_stage"]
