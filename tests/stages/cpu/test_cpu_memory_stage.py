@@ -9,7 +9,7 @@ from vetting_stages.cpu.stage import STAGE as CPU
 from vetting_stages.memory.sizing import GIB, MIB, SizingError, parse_meminfo, plan_vm, read_oom_kills
 from vetting_stages.memory.stage import STAGE as MEMORY
 
-from .conftest import need, run_stage, samples
+from ..helpers import need, run_stage, samples
 
 pytestmark = pytest.mark.anyio
 

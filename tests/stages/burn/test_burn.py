@@ -15,7 +15,7 @@ from vetting_stages.burn.breach import BreachRule, SustainedBreachDetector
 from vetting_stages.burn.stage import STAGE as BURN
 from vetting_stages.burn.stage import hwmon_temps
 
-from .conftest import need, run_stage, samples
+from ..helpers import need, run_stage, samples
 
 
 def hot(window_s=10.0, min_samples=3):

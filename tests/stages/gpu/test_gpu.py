@@ -15,7 +15,7 @@ from vetting_stages.gpu.sources import counters_from_row, static_from_row, telem
 from vetting_stages.gpu.stage import STAGE as GPU
 from vetting_stages.gpu.stage import choose_backend
 
-from .conftest import run_stage
+from ..helpers import run_stage
 
 UP = "gpu_burn/unversioned"
 
@@ -230,7 +230,7 @@ async def test_stage_skipped_without_gpu(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.anyio
 async def test_real_gpu_stage(tmp_path):
-    """On a GPU machine: ``pytest -m gpu tests/stages/part2`` (needs nvidia-ml-py; the
+    """On a GPU machine: ``pytest -m gpu tests/stages/gpu`` (needs nvidia-ml-py; the
     burn uses dcgmi/gpu_burn/torch, whichever is installed)."""
     if not pci_gpus():
         pytest.skip("no NVIDIA GPU on this machine")

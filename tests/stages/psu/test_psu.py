@@ -9,8 +9,8 @@ from vetting_core.model import Verdict
 from vetting_stages.psu import ipmi, rails, sensors
 from vetting_stages.psu.stage import STAGE as PSU
 
-from .conftest import run_stage, samples
-from .ipmisim import ipmi_sim
+from ..helpers import run_stage, samples
+from tests.support.ipmisim import ipmi_sim
 
 IPMI = "ipmitool-sdr/1.8.19"
 
@@ -146,7 +146,7 @@ async def test_stage_against_ipmi_sim_failed_psu(tmp_path):
 async def test_stage_unreachable_bmc_fails(tmp_path):
     iface = {"interface": "lanplus", "host": "127.0.0.1", "port": 1, "user": "a", "password": "b",
              "timeout": 1, "retries": 1}
-    from .conftest import need
+    from ..helpers import need
 
     need("ipmitool")
     res, _ = await run_stage(PSU, tmp_path, params={"ipmi": iface, "sources": ["ipmi"], "ipmi_timeout_s": 20})

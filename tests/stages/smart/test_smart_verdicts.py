@@ -18,7 +18,7 @@ from vetting_stages.smart import SMART_STAGE
 
 from tests.support.fake_smartctl import FakeSmartctl
 
-from .conftest import FIXTURES
+from ..helpers import FIXTURES
 
 ROOT = FIXTURES / "smartctl"
 ROW = re.compile(r"^\| `(?P<file>[^`]+)` \| (?P<drive>[\w-]+) \| (?P<verdict>pass|warn|fail|skip) \| (?P<why>.+) \|$")

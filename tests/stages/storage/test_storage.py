@@ -20,7 +20,7 @@ from vetting_stages.inventory.parsers import LSBLK_COLUMNS, parse_lsblk
 from vetting_stages.storage import STORAGE_STAGE, select_targets
 from vetting_stages.storage.tools import fio_argv, fio_failure, parse_badblocks, parse_fio_json
 
-from .conftest import fixture_text
+from ..helpers import fixture_text
 
 LOOP_SPEC = {"disks": [{"model": "*", "count": 4, "transport": "loop"}]}
 FAST = {"runtime_s": 1, "verify_size": "8M", "direct": True, "ioengine": "libaio", "smart": True}
@@ -331,7 +331,7 @@ def test_a_disk_the_agent_may_not_open_is_skipped_with_the_reason(tmp_path, loop
     os.chmod(dev, 0o600)
     script = (
         "import anyio, json, sys; from pathlib import Path\n"
-        "from tests.stages.part1.test_storage import storage\n"
+        "from tests.stages.storage.test_storage import storage\n"
         "async def main():\n"
         "    ctx, r = await storage(Path(sys.argv[1]), [sys.argv[2]], destructive=False, spec=None, smart=False)\n"
         "    print(json.dumps({'verdict': r.verdict.value, 'reason': r.reason,\n"

@@ -1,16 +1,20 @@
-"""Fixtures for the part-1 stage tests (inventory, SpecValidate, SMART, Storage, Firmware)."""
+"""Helpers of the stage tests: captured tool output under ``tests/fixtures``, loop
+devices over image files, and running a stage the way the agent does."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+from vetting_core.context import MemorySink, StageContext, execute_stage
+from vetting_core.records import StageSpec
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def fixture_text(rel: str) -> str:
@@ -64,13 +68,30 @@ class Loops:
             subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
-@pytest.fixture
-def loops(tmp_path: Path) -> Iterator[Loops]:
-    why = _loop_refused()
-    if why:
-        pytest.skip(why)
-    lp = Loops(tmp_path)
-    try:
-        yield lp
-    finally:
-        lp.close()
+def need(tool: str) -> None:
+    if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
+        pytest.skip(f"{tool} is not installed")
+
+
+async def run_stage(
+    spec: StageSpec,
+    workdir: Path,
+    profile: str = "quick",
+    params: dict[str, Any] | None = None,
+    inventory: dict[str, Any] | None = None,
+    spec_doc: dict[str, Any] | None = None,
+):
+    """Run a stage the way the agent does; return (StageResult, MemorySink)."""
+    sink = MemorySink()
+    merged = spec.params_for(profile)
+    merged.update(params or {})
+    ctx = StageContext(
+        stage=spec.name, sink=sink, workdir=workdir, params=merged, profile=profile,
+        inventory=inventory or {}, spec=spec_doc,
+    )
+    result = await execute_stage(spec, ctx)
+    return result, sink
+
+
+def samples(sink: MemorySink, kind: str, key_prefix: str = "") -> list:
+    return [s for s in sink.samples if s.kind == kind and s.key.startswith(key_prefix)]

@@ -16,7 +16,7 @@ from vetting_stages.smart import SMART_STAGE
 
 from tests.support.fake_smartctl import FakeSmartctl
 
-from .conftest import FIXTURES
+from ..helpers import FIXTURES
 
 ROOT = FIXTURES / "smartctl"
 FAST = {"self_test": "short", "poll_s": 0.05}

@@ -14,7 +14,7 @@ from vetting_core.thresholds import BUILTIN_OPERATORS, ThresholdEngine
 from vetting_stages.smart import SMART_STAGE, delta_rules, parse_smart, smart_thresholds
 from vetting_stages.smart.parser import exit_bits
 
-from .conftest import fixture_text
+from ..helpers import fixture_text
 
 
 def test_failing_hitachi_sata():
@@ -208,7 +208,7 @@ async def test_self_test_is_polled_until_done(tmp_path, monkeypatch, outcome):
     import json
     import os
 
-    from .conftest import FIXTURES
+    from ..helpers import FIXTURES
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -274,7 +274,7 @@ async def test_every_disk_is_read_at_once(tmp_path, monkeypatch):
     own sub-step, in inventory order."""
     import os
 
-    from .conftest import FIXTURES
+    from ..helpers import FIXTURES
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

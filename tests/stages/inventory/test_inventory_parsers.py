@@ -6,7 +6,7 @@ import pytest
 
 from vetting_stages.inventory import parsers as p
 
-from .conftest import fixture_text
+from ..helpers import fixture_text
 
 
 def test_cpuinfo_vm():

@@ -19,7 +19,7 @@ from vetting_stages.network.stage import STAGE as NETWORK
 
 from tests.support.netns import veth_namespace
 
-from .conftest import need, run_stage, samples
+from ..helpers import need, run_stage, samples
 
 
 def free_ports(n: int) -> list[int]:
