@@ -125,7 +125,7 @@ def _document_errors(*controllers: type) -> None:
 
 class VettingApp(Litestar):
     """The Litestar app, with the hot agent routes (heartbeat, sensor, log) answered
-    before routing (:mod:`.edge`)."""
+    before routing (:mod:`.edge.routes`)."""
 
     rt: Runtime
     _allow: list[tuple[re.Pattern[str], bytes]] | None = None

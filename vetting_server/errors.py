@@ -15,7 +15,7 @@ from vetting_core.text import printable
 
 def error_body(status: int, detail: str, extra: dict[str, Any] | list[Any] | None = None) -> ErrorBody:
     """The one shape of every error answer, whether Litestar routed the request or the
-    edge answered it first (:mod:`.edge`): a detail may quote the client's text, so
+    edge answered it first (:mod:`.edge.routes`): a detail may quote the client's text, so
     control characters (U+0000 too) are shown escaped."""
     return ErrorBody(status_code=status, detail=printable(detail), extra=extra)
 

@@ -12,7 +12,7 @@ range applies to the numbers inside).
 
 Every refusal is a 400 whose ``detail`` and ``extra.field`` name the field's JSON path
 (``$.samples[3][4]``), raised the same way on the routed handlers
-(:class:`.fastbody.FastBody`) and the edge (:mod:`.edge`). A document nested deeper
+(:class:`..edge.fastbody.FastBody`) and the edge (:mod:`..edge.routes`). A document nested deeper
 than msgspec's own recursion limit (about 1,000 levels, e.g. inside an ignored unknown
 field) is a 400 too, not a ``RecursionError``. Text holding U+0000 is refused everywhere
 (PostgreSQL cannot store it; :class:`.app.VettingApp` refuses it in paths and queries).

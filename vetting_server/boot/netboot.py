@@ -7,7 +7,7 @@ under the name ``initrd.img`` and the kernel line says ``initrd=initrd.img`` —
 UEFI the kernel's EFI stub loads the initrd *by that name* from the files iPXE
 offers (older iPXE builds, Debian's included, offer no other way); under BIOS the
 name is harmless. Kernel and initrd come from the server itself (``/pxe/vmlinuz``,
-``/pxe/initrd.img``, :mod:`.bootfiles`) or from ``pxe.kernel_url``/``initrd_url``.
+``/pxe/initrd.img``, :mod:`..pxe.bootfiles`) or from ``pxe.kernel_url``/``initrd_url``.
 
 **The token is handed out once, inside the boot window** (docs/pxe.md, "Security"):
 only while the run waits for its host to boot (``WaitingBoot``/``Booting``, no hello

@@ -6,7 +6,7 @@ CPU time (measured with py-spy under ``bench/ingest.py``). ``FastBody[SensorBatc
 is a DTO that decodes the raw bytes straight into the Struct with a cached
 ``msgspec.json.Decoder`` (one C pass, validation included), while the OpenAPI document
 still shows the Struct's own schema. Every JSON body of the API is decoded this way,
-bounded by :mod:`.limits`.
+bounded by :mod:`..api.limits`.
 """
 
 from __future__ import annotations

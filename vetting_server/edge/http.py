@@ -5,10 +5,10 @@ the proxy-headers middleware and two socket writes (status line and headers, the
 body: two TCP segments on the wire). At 1,000 heartbeats per second that was ~360 µs
 of the server's CPU per heartbeat on this 2-core machine (``bench/ingest.py``,
 "heartbeats alone"). :class:`EdgeProtocol` takes a ``POST`` to a hot route
-(:mod:`.edge`) from the parser's callbacks, buffers its body (past the agent body
+(:mod:`.edge.routes`) from the parser's callbacks, buffers its body (past the agent body
 limit the 413 goes out at once and the rest is dropped as it arrives) and answers with
 one write: a heartbeat of a cached run right away, in the
-parser callback (:func:`.edge.reply_now`); anything that must await (a sensor batch
+parser callback (:func:`.routes.reply_now`); anything that must await (a sensor batch
 waits for its commit; a run not cached yet) in a task of its own, which uvicorn's
 shutdown waits for like its own.
 

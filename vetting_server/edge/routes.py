@@ -5,7 +5,7 @@ whole run: at 10,000 agents these requests are nearly all the server's traffic, 
 Litestar's per-request machinery (router, middleware stack, request object, guards
 that copy their handler, kwargs model, response object) cost more than the work.
 :class:`.app.VettingApp` hands them to :func:`answer` as a bare ASGI exchange, and
-under ``vetting serve`` :class:`.edge_http.EdgeProtocol` answers them before ASGI
+under ``vetting serve`` :class:`.http.EdgeProtocol` answers them before ASGI
 (:func:`reply`, or :func:`reply_now` when nothing needs awaiting). Measured with
 ``bench/ingest.py`` (docs/api.md, "Measured").
 

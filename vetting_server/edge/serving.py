@@ -1,4 +1,4 @@
-"""How ``vetting serve`` serves the app: uvicorn with :class:`.edge_http.EdgeProtocol`,
+"""How ``vetting serve`` serves the app: uvicorn with :class:`.http.EdgeProtocol`,
 uvloop, the request timeouts, and TLS with HSTS when ``server.tls`` names a certificate.
 
 One function, so that the tests serve the app exactly as the command does

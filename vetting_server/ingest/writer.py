@@ -9,7 +9,7 @@ Design (why it is fast):
   in **one transaction** (group commit): per batch an ``INSERT … ON CONFLICT DO
   NOTHING`` into ``batches`` (run, stream, seq) decides "new or retried", then the
   rows go in with driver-level bulk calls. On SQLite the group goes to the **writer
-  process** (:mod:`.ingest_sqlite`: multi-row ``INSERT … VALUES`` with its own GIL
+  process** (:mod:`.sqlite`: multi-row ``INSERT … VALUES`` with its own GIL
   and core); on PostgreSQL ``COPY`` (asyncpg ``copy_records_to_table``) and
   ``executemany``. Only after ``COMMIT`` are the waiting requests answered, so an
   acknowledged batch is durable and a retried one is stored once.

@@ -2,7 +2,7 @@
 
 With ``pxe.kernel_path`` and ``pxe.initrd_path`` set, the server is the whole boot
 infrastructure (dnsmasq for DHCP/TFTP, these two routes for HTTP); the iPXE script
-points at them (:mod:`.netboot`). The files hold no secret — the run token travels in
+points at them (:mod:`..boot.netboot`). The files hold no secret — the run token travels in
 the per-MAC script — so the routes are open, like a TFTP server.
 
 Range requests are answered (one range: ``bytes=a-b``, ``a-``, ``-n`` → 206 with

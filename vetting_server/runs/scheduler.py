@@ -8,7 +8,7 @@
   (→ ``Booting``, or ``Failed`` with the provider's error; :mod:`.power`). Woken at
   once when a run is created, and every ``dispatcher.interval_s``.
 - **Power** (every two seconds): holds that expired are released, and after a verdict
-  the host's boot override is cleared and the host powered off (:mod:`.power`).
+  the host's boot override is cleared and the host powered off (:mod:`..boot.power`).
 - **Watchdog** (every second): boot timeout (no hello within ``timeouts.boot_s``),
   heartbeat timeout (→ ``AgentLost``), stage timeout (the stage's ``timeout_s`` plus
   ``timeouts.stage_grace_s``), and runs left in ``Reporting`` by a crash. Timers
