@@ -259,6 +259,10 @@ async def _unique(rt: Any, name: str | None, mac: str | None, exclude: int = 0) 
 
 
 class RunController(Controller):
+    """``/api/v1/runs``: starting, listing and showing runs, their series, history, logs,
+    reports and hold key, and the operator's actions (override, retry, release, cancel),
+    which it hands to :class:`..runs.service.RunService`."""
+
     guards = [operator_guard]
     path = "/api/v1/runs"
     tags = ["runs"]

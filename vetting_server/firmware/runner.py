@@ -58,6 +58,10 @@ TOUCH_S = 30.0
 
 
 class CampaignRunner:
+    """The campaign loop of one server process: steps every running firmware plan under
+    its policy (stop, finish, window, start), drives each host's update through its
+    firmware provider, and starts the vetting run after it."""
+
     def __init__(self, rt: Runtime, store: FirmwareStore) -> None:
         self.rt = rt
         self.db = rt.db

@@ -55,6 +55,9 @@ def sha256_file(path: Path) -> str:
 
 
 class FirmwareStore:
+    """Firmware plans, artifacts and host updates in the database, and every move of a
+    plan or a host update (compare-and-set, with its event and notification)."""
+
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.db = rt.db

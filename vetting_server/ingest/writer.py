@@ -122,6 +122,10 @@ def _num(v: Any) -> float | None:
 
 
 class Ingest:
+    """The hot write path of one server process: sensor and log batches judged and stored
+    once per sequence number (group commits, the SQLite writer process), and the samples
+    of a stage result written in the result's transaction."""
+
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.dialect = rt.db.dialect

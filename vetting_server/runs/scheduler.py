@@ -52,6 +52,9 @@ _STAGE_OVERDUE = {
 
 
 class Scheduler:
+    """The server's background loops (see the module): dispatcher, power, watchdog,
+    heartbeat flush and janitor, each reading its timers from the database."""
+
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.db = rt.db
