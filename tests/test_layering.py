@@ -283,3 +283,52 @@ def test_a_real_agent_only_install_has_no_server_stack(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "InventoryCheck" in out.stdout and "Storage" in out.stdout
     assert "BROKEN" not in out.stdout, out.stdout  # every installed entry point loads, the server's boot plugin too
+
+
+def _module_graph(layer: Layer, prefix: str) -> dict[str, set[str]]:
+    """Every import between the modules named ``prefix…`` (lazy ones inside functions
+    included), as module -> the modules it imports."""
+    names = {name: path for name, path in zip(module_names(layer), [p for p in python_files(layer)
+                                                                  if p.name != "__main__.py"])}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        if not name.startswith(prefix):
+            continue
+        package = _package_of(path, layer)
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else [])
+                                ) if node.level else node.module or ""
+                # ``from . import demo`` imports the module demo; ``from .client import Client`` the module client
+                candidates = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in names else base for alias in node.names]
+            else:
+                continue
+            targets |= {c for c in candidates if c in names and c.startswith(prefix) and c != name}
+        graph[name] = targets
+    return graph
+
+
+def _reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
+    seen, todo = set(), [start]
+    while todo:
+        node = todo.pop()
+        for nxt in graph.get(node, ()):
+            if nxt == goal:
+                return True
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return False
+
+
+def test_the_cli_modules_import_each_other_in_one_direction():
+    """``vetting`` (vetting_server/cli/): the parser knows every command and the demo;
+    the demo uses the client and the watcher; nothing imports its way back (the old
+    cli.py and demo.py imported each other)."""
+    graph = _module_graph(BY_PACKAGE["vetting_server"], "vetting_server.cli")
+    assert "vetting_server.cli.demo" in graph["vetting_server.cli.parser"]
+    circles = sorted(m for m in graph if _reaches(graph, m, m))
+    assert circles == [], f"modules of vetting_server/cli that import themselves back: {circles}"
