@@ -311,7 +311,7 @@ def cpu_seconds(pid: int) -> dict[str, float]:
             if p == pid:
                 name = "server"
             else:
-                name = "writer" if b"ingest_sqlite" in (stat.parent / "cmdline").read_bytes() else f"child {p}"
+                name = "writer" if b"vetting_server.ingest.sqlite" in (stat.parent / "cmdline").read_bytes() else f"child {p}"
             out[name] = (int(fields[11]) + int(fields[12])) / tick
         except (OSError, IndexError, ValueError):
             pass  # a process that exited meanwhile

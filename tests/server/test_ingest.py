@@ -208,7 +208,7 @@ async def test_writer_process_two_groups_in_flight(tmp_path):
 
 
 async def test_writer_process_stores_numeric_and_text_samples_of_one_group_exactly(tmp_path):
-    """Numeric samples go in without the text column, the rest with it (ingest_sqlite)."""
+    """Numeric samples go in without the text column, the rest with it (ingest/sqlite.py)."""
     from vetting_server.ingest.sqlite import WriterProcess
 
     db = await _sqlite_schema(tmp_path)

@@ -73,7 +73,7 @@ def write_group(conn: sqlite3.Connection, items: list[Any], now: str) -> tuple[l
     """Write a group inside the caller's transaction. ``items`` are
     ``(run_id, stream, seq, breaches, rows, evals, tallies, digest)``; a batch whose
     (run, stream, seq) is already in ``batches`` is skipped: a retry when its digest is
-    the stored one, else a conflict. Returns each batch's status (``ingest_sql.NEW``,
+    the stored one, else a conflict. Returns each batch's status (``sql.NEW``,
     ``DUPLICATE``, ``CONFLICT``) and the number of rows stored."""
     meas: list[Any] = []
     evals: list[Any] = []
