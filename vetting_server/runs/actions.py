@@ -9,17 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 
-from vetting_core.protocol import (
-    HoldReply,
-    HoldRequest,
-)
-from vetting_core.statemachine import (
-    InvalidTransition,
-    RunEventType,
-    RunState,
-)
+from vetting_core.protocol import HoldReply, HoldRequest
+from vetting_core.statemachine import InvalidTransition, RunEventType, RunState
 
 from .artifacts import hold_dir
 from ..db.database import Database, utcnow
@@ -27,8 +19,6 @@ from ..errors import ApiError, conflict, not_found
 from ..runtime import Runtime, Unit
 from .retry import retry_on_conflict
 from .rows import jdump, jload
-
-log = structlog.get_logger()
 
 E = RunEventType
 

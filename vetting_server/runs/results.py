@@ -12,20 +12,11 @@ from typing import Any
 
 import anyio
 import msgspec
-import structlog
 
 from vetting_core.context import StageContext, execute_stage
 from vetting_core.model import Measurement, Verdict, stops_run
-from vetting_core.protocol import (
-    Breach,
-    LogLine,
-    ResultReply,
-    StageResult,
-)
-from vetting_core.statemachine import (
-    RunEventType,
-    RunState,
-)
+from vetting_core.protocol import Breach, LogLine, ResultReply, StageResult
+from vetting_core.statemachine import RunEventType, RunState
 from vetting_core.thresholds import EvaluationResult, ThresholdEngine
 
 from .artifacts import check_agent_kinds
@@ -34,8 +25,6 @@ from ..errors import ApiError, conflict
 from ..runtime import Runtime, Unit
 from .retry import TransitionConflict
 from .rows import SETTLED, failed_result, jdump, jload, json_bytes, run_reason
-
-log = structlog.get_logger()
 
 E = RunEventType
 

@@ -23,23 +23,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-
 from vetting_core.events import DEFAULT_SEVERITY, RunEvent
 from vetting_core.model import stops_run
 from vetting_core.plugins import UnknownNameError
 from vetting_core.profiles import ProfileError, plan_run
-from vetting_core.protocol import (
-    LogLine,
-    StageResult,
-)
+from vetting_core.protocol import LogLine, StageResult
 from vetting_core.specdiff import SpecIgnore, spec_to_dict
-from vetting_core.statemachine import (
-    InvalidTransition,
-    RunEventType,
-    RunState,
-    transition,
-)
+from vetting_core.statemachine import InvalidTransition, RunEventType, RunState, transition
 from vetting_core.thresholds import ThresholdEngine
 
 from ..db.database import iso, utcnow
@@ -53,8 +43,6 @@ from .actions import OperatorActions
 from .results import StageResults
 from .rows import SETTLED, failed_result, jdump, jload, run_reason
 from .sessions import AgentSessions
-
-log = structlog.get_logger()
 
 E = RunEventType
 

@@ -5,22 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-
 from vetting_core.model import Verdict
-from vetting_core.protocol import (
-    Claim,
-    ClaimReply,
-    Hello,
-    HelloReply,
-    PlannedStage,
-)
-from vetting_core.statemachine import (
-    InvalidTransition,
-    RunEventType,
-    RunState,
-    transition,
-)
+from vetting_core.protocol import Claim, ClaimReply, Hello, HelloReply, PlannedStage
+from vetting_core.statemachine import InvalidTransition, RunEventType, RunState, transition
 
 from ..db.database import Database, utcnow
 from ..errors import conflict, not_found
@@ -28,8 +15,6 @@ from ..ingest.writer import stored_seqs
 from ..runtime import Runtime
 from .retry import retry_on_conflict
 from .rows import AGENT_ACTIVE_STATES, jload
-
-log = structlog.get_logger()
 
 E = RunEventType
 
