@@ -311,7 +311,7 @@ def cpu_seconds(pid: int) -> dict[str, float]:
             if p == pid:
                 name = "server"
             else:
-                name = "writer" if b"ingest_sqlite" in (stat.parent / "cmdline").read_bytes() else f"child {p}"
+                name = "writer" if b"vetting_server.ingest.sqlite" in (stat.parent / "cmdline").read_bytes() else f"child {p}"
             out[name] = (int(fields[11]) + int(fields[12])) / tick
         except (OSError, IndexError, ValueError):
             pass  # a process that exited meanwhile
@@ -327,7 +327,7 @@ def client_cpu_seconds() -> float:
 
 def raw_sqlite_rate(n_rows: int, batch: int) -> float:
     """Plain sqlite3.executemany of the same rows into a fresh file with the same schema."""
-    from vetting_server.migrate import available, render
+    from vetting_server.db.migrate import available, render
 
     with tempfile.TemporaryDirectory() as d:
         conn = sqlite3.connect(os.path.join(d, "raw.db"), isolation_level=None)

@@ -28,7 +28,7 @@ from tests.server.conftest import Env, create_operator_token, make_settings, ser
 
 async def main(n: int, passes: int) -> None:
     from vetting_server.app import create_app
-    from vetting_server.database import utcnow
+    from vetting_server.db.database import utcnow
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -20,6 +20,7 @@ from .records import (
     FirmwareProviderSpec,
     NotifierSpec,
     OperatorSpec,
+    PeerPoolSpec,
     ProbeSpec,
     ProfileSpec,
     ReportSectionSpec,
@@ -254,4 +255,46 @@ def vetting_firmware_providers() -> Iterable[FirmwareProviderSpec]:
         @hookimpl
         def vetting_firmware_providers():
             return [FirmwareProviderSpec(kind="vendor", factory=VendorTool, config_type=VendorConfig)]
+    """
+
+
+@hookspec
+def vetting_peer_pools() -> Iterable[PeerPoolSpec]:
+    """Register test peers the orchestrator supervises for its agents: servers on a
+    fixed set of ports that a stage leases one at a time (``ctx.peer(kind)``), so two
+    hosts under test never share, and halve, one server (built in: ``iperf3``, by the
+    ``network`` plugin). Only the orchestrator asks for pools.
+
+    Example::
+
+        import time, anyio
+        from vetting_core import PeerPoolSpec, hookimpl
+
+        class NetperfLease:
+            def __init__(self, pool, port, process):
+                self.pool, self.port, self.process = pool, port, process
+                self.started = time.monotonic()
+
+            async def release(self):
+                self.process.terminate()
+                self.pool.free.append(self.port)
+
+        class NetperfPool:
+            def __init__(self, ports, *, bind=None, max_lease_s=3600.0):
+                self.free, self.bind = list(ports), bind or "0.0.0.0"
+
+            async def acquire(self, timeout):
+                with anyio.fail_after(timeout):  # TimeoutError: every port is leased
+                    while not self.free:
+                        await anyio.sleep(0.1)
+                port = self.free.pop()
+                process = await anyio.open_process(["netserver", "-D", "-L", self.bind, "-p", str(port)])
+                return NetperfLease(self, port, process)
+
+            async def aclose(self):
+                pass
+
+        @hookimpl
+        def vetting_peer_pools():
+            return [PeerPoolSpec(kind="netperf", factory=NetperfPool, tool="netserver")]
     """

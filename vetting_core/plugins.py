@@ -32,6 +32,7 @@ from .records import (
     FirmwareProviderSpec,
     NotifierSpec,
     OperatorSpec,
+    PeerPoolSpec,
     ProbeSpec,
     ProfileSpec,
     ReportSectionSpec,
@@ -93,6 +94,7 @@ _HOOKS: dict[str, tuple[str, type, str]] = {
     "vetting_report_sections": ("report_sections", ReportSectionSpec, "name"),
     "vetting_event_observers": ("observers", EventObserverSpec, "name"),
     "vetting_firmware_providers": ("firmware_providers", FirmwareProviderSpec, "kind"),
+    "vetting_peer_pools": ("peer_pools", PeerPoolSpec, "kind"),
 }
 
 
@@ -108,6 +110,7 @@ class Registry:
     report_sections: dict[str, ReportSectionSpec] = field(default_factory=dict)
     observers: dict[str, EventObserverSpec] = field(default_factory=dict)
     firmware_providers: dict[str, FirmwareProviderSpec] = field(default_factory=dict)
+    peer_pools: dict[str, PeerPoolSpec] = field(default_factory=dict)
     profile_specs: list[tuple[str, ProfileSpec]] = field(default_factory=list)
     plugins: list[PluginInfo] = field(default_factory=list)
     broken: list[BrokenPlugin] = field(default_factory=list)

@@ -229,3 +229,41 @@ class EventObserverSpec:
     handle: Callable[["RunEvent"], Awaitable[None]]
 
 
+
+
+class PeerLease(Protocol):
+    """One leased port of a :class:`PeerPool`, with its server running."""
+
+    port: int
+    started: float  # time.monotonic() when it was leased: the orchestrator reaps old leases
+
+    async def release(self) -> None: ...
+
+
+class PeerPool(Protocol):
+    """Test-peer servers the orchestrator supervises on a fixed set of ports: one client
+    per port at a time, across every run."""
+
+    async def acquire(self, timeout: float) -> PeerLease:
+        """A free port with a fresh server; ``TimeoutError`` when every port stays leased
+        for ``timeout`` seconds, ``OSError`` when a server cannot start."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeerPoolSpec:
+    """A kind of test peer the orchestrator can offer its agents (``iperf3``).
+
+    ``factory(ports, bind=..., max_lease_s=...)`` returns a :class:`PeerPool`; the
+    orchestrator makes one when its configuration lists ports for the kind and
+    ``tool`` (the server binary, when there is one) is installed. A stage leases a
+    peer with ``ctx.peer(kind)``. Blocking the plugin that registers the kind takes
+    the pool, and its code, out of the orchestrator.
+    """
+
+    kind: str
+    factory: Callable[..., PeerPool]
+    tool: str | None = None
+    description: str = ""

@@ -29,37 +29,37 @@ from vetting_core import __version__
 from vetting_core.config import Settings
 from vetting_core.plugins import Registry, load_registry
 from vetting_core.protocol import ErrorBody
-from vetting_core.text import printable
 
-from . import contract, edge, ui
-from .api_agent import EDGE_ROUTES, AgentController, ArtifactController, artifact_body_limit
-from .api_operator import EventController, HostController, RunController, SystemController
-from .database import safe_url
-from .errors import ApiError
+from .api import contract
+from .edge import routes as edge
+from . import ui
+from .api.agent import EDGE_ROUTES, AgentController, ArtifactController, artifact_body_limit
+from .api.operator import EventController, HostController, RunController, SystemController
+from .db.database import safe_url
+from .errors import ApiError, error_body, internal_error_body
 from .firmware.api import FirmwareArtifactController, FirmwareController, FirmwareImageController, RemediationController
 from .firmware.runner import CampaignRunner
 from .firmware.store import FirmwareStore
-from .ingest import Ingest
+from .ingest.writer import Ingest
 from .metrics import Metrics
-from .login import LoginGuard
-from .migrate import migrate
+from .api.login import LoginGuard
+from .db.migrate import migrate
 from .peers import PeerService
-from .bootfiles import BootFileController
-from .netboot import NetBoot
-from .power import PowerControl
-from .pxe import PxeSupervisor
-from .reporting import Reporting
-from .runs import RunService
+from .pxe.bootfiles import BootFileController
+from .boot.netboot import NetBoot
+from .boot.power import PowerControl
+from .pxe.supervisor import PxeSupervisor
+from .runs.reporting import Reporting
+from .runs.service import RunService
 from .runtime import Runtime
-from .scheduler import Scheduler
+from .runs.scheduler import Scheduler
 from .settings_service import RuntimeSettings
 
 log = structlog.get_logger()
 
 
 def _error(status: int, detail: str, extra: Any = None, headers: dict[str, str] | None = None) -> Response[ErrorBody]:
-    # a detail may quote the client's text: control characters (U+0000 too) are shown escaped
-    return Response(ErrorBody(status_code=status, detail=printable(detail), extra=extra), status_code=status, headers=headers)
+    return Response(error_body(status, detail, extra), status_code=status, headers=headers)
 
 
 def _api_error(request: Request, exc: ApiError) -> Response[ErrorBody]:
@@ -94,7 +94,8 @@ def _http_error(request: Request, exc: HTTPException) -> Response[ErrorBody]:
 
 def _internal_error(request: Request, exc: Exception) -> Response[ErrorBody]:
     log.exception("request.failed", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
-    return _error(500, f"internal error: {type(exc).__name__}; see the server log")
+    body = internal_error_body(exc)
+    return Response(body, status_code=body.status_code)
 
 
 _ERRORS = {
@@ -124,7 +125,7 @@ def _document_errors(*controllers: type) -> None:
 
 class VettingApp(Litestar):
     """The Litestar app, with the hot agent routes (heartbeat, sensor, log) answered
-    before routing (:mod:`.edge`)."""
+    before routing (:mod:`.edge.routes`)."""
 
     rt: Runtime
     _allow: list[tuple[re.Pattern[str], bytes]] | None = None
@@ -156,7 +157,7 @@ class VettingApp(Litestar):
             return
         if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"]):
             # PostgreSQL cannot store or compare text holding U+0000 (limits.decode refuses it in bodies)
-            body = msgspec.json.encode(ErrorBody(status_code=400, detail="the path or query contains U+0000 (NUL)"))
+            body = msgspec.json.encode(error_body(400, "the path or query contains U+0000 (NUL)"))
             await send({"type": "http.response.start", "status": 400,
                         "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
             await send({"type": "http.response.body", "body": body})
@@ -177,7 +178,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
     rt.ingest = Ingest(rt)
     rt.scheduler = Scheduler(rt)
     rt.reporting = Reporting(rt)
-    rt.peers = PeerService(settings.peers)
+    rt.peers = PeerService(settings.peers, registry.peer_pools)
     rt.pxe = PxeSupervisor(rt)
     rt.power = PowerControl(rt)
     rt.netboot = NetBoot(rt)

@@ -9,6 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from vetting_core.protocol import ErrorBody
+from vetting_core.text import printable
+
+
+def error_body(status: int, detail: str, extra: dict[str, Any] | list[Any] | None = None) -> ErrorBody:
+    """The one shape of every error answer, whether Litestar routed the request or the
+    edge answered it first (:mod:`.edge.routes`): a detail may quote the client's text, so
+    control characters (U+0000 too) are shown escaped."""
+    return ErrorBody(status_code=status, detail=printable(detail), extra=extra)
+
+
+def internal_error_body(exc: BaseException) -> ErrorBody:
+    """A bug's answer: its type, never its message (which may hold internals)."""
+    return error_body(500, f"internal error: {type(exc).__name__}; see the server log")
+
 
 class ApiError(Exception):
     def __init__(

@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .database import utcnow
+from .db.database import utcnow
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RUN_STATES = ("Registered", "Queued", "WaitingBoot", "Booting", "Running", "Reporting", "Completed",

@@ -7,20 +7,25 @@ at any time, across every run this process drives, so two hosts under test never
 share (and halve) one iperf3 server. A lease that is never given back (the agent
 died) is reaped after ``peers.lease_timeout_s``. Each server process has its own
 pool: with several replicas, an agent leases from the replica it reaches.
+
+The pool itself comes from the plugin that registers the ``iperf3`` peer kind
+(``vetting_peer_pools``; built in: the ``network`` plugin): blocking that plugin
+removes the pool and its code from the orchestrator.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 
 import anyio
 import structlog
 
 from vetting_core.config import PeerSettings, parse_ports
 from vetting_core.protocol import PeerReply
+from vetting_core.records import PeerLease, PeerPool, PeerPoolSpec
 from vetting_core.tools import ToolNotFound, which
-from vetting_stages.network.iperf_server import IperfServerPool, Lease, PoolExhausted
 
 from .errors import conflict, not_found, unavailable
 
@@ -31,21 +36,27 @@ REAP_INTERVAL_S = 5.0
 
 
 class PeerService:
-    def __init__(self, settings: PeerSettings) -> None:
+    def __init__(self, settings: PeerSettings, pools: Mapping[str, PeerPoolSpec]) -> None:
+        """``pools``: the registry's peer kinds (``registry.peer_pools``)."""
         self.settings = settings
-        self.pool: IperfServerPool | None = None
+        self.pool: PeerPool | None = None
         self.why_not = ""
-        self.leases: dict[str, tuple[int, Lease]] = {}  # lease id → (run id, lease)
+        self.leases: dict[str, tuple[int, PeerLease]] = {}  # lease id → (run id, lease)
         ports = parse_ports(settings.iperf3_ports)
         if not ports:
             self.why_not = "the iperf3 pool is turned off (peers.iperf3_ports is empty)"
             return
+        spec = pools.get("iperf3")
+        if spec is None:
+            self.why_not = "no installed plugin offers iperf3 peers (the network plugin is blocked or not installed)"
+            return
         try:
-            which("iperf3")
+            if spec.tool:
+                which(spec.tool)
         except ToolNotFound:
             self.why_not = "iperf3 is not installed on the orchestrator (apt-get install iperf3)"
             return
-        self.pool = IperfServerPool(ports, bind=settings.bind, max_lease_s=settings.lease_timeout_s)
+        self.pool = spec.factory(ports, bind=settings.bind, max_lease_s=settings.lease_timeout_s)
 
     async def lease(self, run_id: int, kind: str, reached_host: str) -> PeerReply:
         if kind != "iperf3":
@@ -57,7 +68,7 @@ class PeerService:
             raise conflict(f"run {run_id} already holds {held} iperf3 leases (at most {MAX_LEASES_PER_RUN}); release one first")
         try:
             lease = await self.pool.acquire(timeout=self.settings.wait_s)
-        except PoolExhausted as exc:
+        except TimeoutError as exc:  # the pool's PoolExhausted
             raise unavailable(f"{exc}: every iperf3 port is leased; retry") from None
         except OSError as exc:  # a port taken by another program, or iperf3 failed to start
             raise unavailable(f"cannot start an iperf3 server: {exc}; retry") from None

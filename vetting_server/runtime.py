@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -31,7 +31,26 @@ from vetting_core.plugins import Registry
 from vetting_core.statemachine import TERMINAL, RunState
 from vetting_core.thresholds import ThresholdEngine
 
-from .database import Database, as_dt, connect_database, utcnow
+from .db.database import Database, as_dt, connect_database, utcnow
+
+if TYPE_CHECKING:  # the services import this module: their types only, no import at run time
+    import anyio.abc
+
+    from vetting_notifiers.dispatch import NotificationDispatcher
+
+    from .api.login import LoginGuard
+    from .boot.netboot import NetBoot
+    from .boot.power import PowerControl
+    from .firmware.runner import CampaignRunner
+    from .firmware.store import FirmwareStore
+    from .ingest.writer import Ingest
+    from .metrics import Metrics
+    from .peers import PeerService
+    from .pxe.supervisor import PxeSupervisor
+    from .runs.reporting import Reporting
+    from .runs.scheduler import Scheduler
+    from .runs.service import RunService
+    from .settings_service import RuntimeSettings
 
 log = structlog.get_logger()
 
@@ -123,6 +142,10 @@ class Hub:
 
 
 class Runtime:
+    """One server process's state: the settings, the plugin registry, the database, the
+    per-run caches of the hot path (tokens, heartbeats, threshold engines, stage ids) and
+    the services :func:`vetting_server.app.create_app` wires into its typed slots."""
+
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         self.registry = registry
@@ -140,23 +163,25 @@ class Runtime:
         self.stage_ids: dict[int, dict[str, int]] = {}
         self.started_at = utcnow()
         self.started_mono = time.monotonic()
-        self.notifier: Any = None  # NotificationDispatcher when vetting_notifiers is installed
-        self.tg: Any = None
+        # the services, wired by create_app (None until then: a Runtime built alone has none)
+        self.notifier: NotificationDispatcher | None = None  # when vetting_notifiers is installed
+        self.tg: anyio.abc.TaskGroup | None = None
         self.dispatch_wake = anyio.Event()
         self.token_use_logged: set[int] = set()
         self.operator_tokens: dict[str, tuple[float, dict[str, Any] | None]] = {}
-        self.ingest: Any = None
-        self.metrics: Any = None  # Metrics (GET /metrics)
-        self.service: Any = None
-        self.scheduler: Any = None
-        self.peers: Any = None  # PeerService
-        self.pxe: Any = None  # PxeSupervisor
-        self.power: Any = None  # PowerControl
-        self.netboot: Any = None  # NetBoot
-        self.firmware: Any = None  # firmware.store.FirmwareStore
-        self.campaigns: Any = None  # firmware.runner.CampaignRunner
-        self.login: Any = None  # LoginGuard
-        self.runtime_settings: Any = None  # settings_service.RuntimeSettings (owns self.settings once running)
+        self.ingest: Ingest | None = None
+        self.metrics: Metrics | None = None  # GET /metrics
+        self.service: RunService | None = None
+        self.reporting: Reporting | None = None
+        self.scheduler: Scheduler | None = None
+        self.peers: PeerService | None = None
+        self.pxe: PxeSupervisor | None = None
+        self.power: PowerControl | None = None
+        self.netboot: NetBoot | None = None
+        self.firmware: FirmwareStore | None = None
+        self.campaigns: CampaignRunner | None = None
+        self.login: LoginGuard | None = None
+        self.runtime_settings: RuntimeSettings | None = None  # owns self.settings once running
         self._last_full: datetime | None = None
         self._last_refresh: datetime | None = None
 

@@ -2,7 +2,11 @@
 
 The agent protocol's bodies live in :mod:`vetting_core.protocol`; these are the
 operator-facing ones. Output Structs are built from database rows by
-:mod:`vetting_server.views`.
+:mod:`vetting_server.api.views`.
+
+This module stays at ``vetting_server.schemas``: its path is part of the OpenAPI
+document (two bodies are named ``ArtifactOut``, so msgspec names this one
+``vetting_server.schemas.ArtifactOut``, and components are ordered by that name).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Passwords are people's and get argon2id (``argon2-cffi``) with OWASP's parameter
 scrypt (``scrypt$N$r$p$salt$key``, N=2**14): still verified, and :func:`verify_password`
 says when a hash should be replaced, which the login does with the password it was
 given (transparent rehash). Both are slow on purpose: callers run them in a worker
-thread (:mod:`.login`), never on the event loop that answers heartbeats.
+thread (:mod:`.api.login`), never on the event loop that answers heartbeats.
 """
 
 from __future__ import annotations

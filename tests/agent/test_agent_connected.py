@@ -290,7 +290,7 @@ async def test_network_stage_never_credits_a_local_peer_to_a_nic(server, registr
     its own addresses: iperf3 would measure loopback (tens of Gbit/s) and credit it to
     the NIC. Each NIC's sub-step is skipped with that reason instead, and every lease
     is given back. (Traffic that really crosses a NIC is judged in
-    tests/stages/part2/test_network.py, across a veth pair into a namespace.)"""
+    tests/stages/network/test_network.py, across a veth pair into a namespace.)"""
     host = new_host(server, spec="params:\n  Network: {duration_s: 1, parallel: 1}\n")
     run_id, token = server.start_run(host["id"], stages=["InventoryCheck", "Network"])
     outcome = await run_connected(coords(server, run_id, token), registry, agent_options(tmp_path))

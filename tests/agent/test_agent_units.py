@@ -341,7 +341,7 @@ def test_nvml_source_reads_every_gpu():
 async def test_ipmi_source_reads_a_real_bmc(tmp_path):
     """The sidecar's BMC source against OpenIPMI's ipmi_sim over lanplus on loopback
     (the PSU tests' emulator): rails come out scaled, in volts."""
-    from tests.stages.part2.ipmisim import ipmi_sim
+    from tests.support.ipmisim import ipmi_sim
     from vetting_agent.sidecar import IpmiSource
 
     with ipmi_sim(tmp_path, ps2_failed=False, redundancy_lost=False) as bmc:

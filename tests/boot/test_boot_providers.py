@@ -7,7 +7,7 @@ import pytest
 
 from vetting_core import load_registry
 from vetting_core.model import Host
-from vetting_server.boot import WakeOnLan, WolConfig, magic_packet, mac_bytes
+from vetting_server.boot.providers import WakeOnLan, WolConfig, magic_packet, mac_bytes
 
 
 def test_magic_packet_layout():

@@ -13,7 +13,7 @@ import structlog
 from tests.support.bmc import IpmiSim, wait_until
 from vetting_core import BmcAuthFailed, BmcRefused, BmcUnreachable, BootError, load_registry
 from vetting_core.tools import ToolResult
-from vetting_server.bmc.ipmi import (
+from vetting_server.boot.bmc.ipmi import (
     IpmiBoot,
     IpmiConfig,
     classify_failure,

@@ -11,7 +11,7 @@ import structlog
 
 from tests.support.bmc import SushyEmulator, wait_until
 from vetting_core import BmcAuthFailed, BmcRefused, BmcUnreachable, BootError, load_registry
-from vetting_server.bmc.redfish import RedfishBoot, RedfishConfig, pick_reset, redfish_message
+from vetting_server.boot.bmc.redfish import RedfishBoot, RedfishConfig, pick_reset, redfish_message
 
 pytestmark = pytest.mark.anyio
 

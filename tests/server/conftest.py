@@ -155,7 +155,7 @@ class Env:
 
 
 async def create_operator_token(rt: Any, user: str = "admin") -> str:
-    from vetting_server.database import utcnow
+    from vetting_server.db.database import utcnow
     from vetting_server.security import new_token, token_hash
 
     token = new_token("vo_")
@@ -216,13 +216,13 @@ async def env(database_url, tmp_path, test_registry, settings_overrides):
 
 @asynccontextmanager
 async def serve_on_socket(app: Any, **config: Any) -> AsyncIterator[Any]:
-    """Serve ``app`` as ``vetting serve`` does (:func:`vetting_server.serving.uvicorn_config`:
-    uvicorn with :class:`~vetting_server.edge_http.EdgeProtocol`, timeouts, TLS) on a
+    """Serve ``app`` as ``vetting serve`` does (:func:`vetting_server.edge.serving.uvicorn_config`:
+    uvicorn with :class:`~vetting_server.edge.http.EdgeProtocol`, timeouts, TLS) on a
     loopback socket in this event loop; yield the base URL."""
     import anyio
     import uvicorn
 
-    from vetting_server.serving import uvicorn_config
+    from vetting_server.edge.serving import uvicorn_config
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -241,7 +241,7 @@ async def serve_on_socket(app: Any, **config: Any) -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def socket_env(database_url, tmp_path, test_registry, settings_overrides):
-    """As ``env``, but served by uvicorn with :class:`~vetting_server.edge_http.EdgeProtocol`
+    """As ``env``, but served by uvicorn with :class:`~vetting_server.edge.http.EdgeProtocol`
     (as ``vetting serve`` does) on a loopback socket in this event loop."""
     import httpx
 

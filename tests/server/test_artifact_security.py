@@ -10,7 +10,7 @@ import hashlib
 
 import pytest
 
-from vetting_server.database import utcnow
+from vetting_server.db.database import utcnow
 
 pytestmark = pytest.mark.anyio
 

@@ -203,8 +203,8 @@ async def test_edge_protocol_answers_as_the_routed_handlers_do(socket_env, monke
 
 
 def _count_asgi_edge(monkeypatch) -> dict[str, int]:
-    """Counts the requests that reach :func:`vetting_server.edge.answer` (the ASGI edge), by route."""
-    from vetting_server import edge
+    """Counts the requests that reach :func:`vetting_server.edge.routes.answer` (the ASGI edge), by route."""
+    from vetting_server.edge import routes as edge
 
     seen: dict[str, int] = {}
     real = edge.answer

@@ -40,8 +40,8 @@ async def test_concurrent_batches_and_duplicates_stored_once(env):
 
 
 def test_chunk_tallies_equal_the_exact_loop():
-    from vetting_server.database import epoch
-    from vetting_server.ingest import Ingest
+    from vetting_server.db.database import epoch
+    from vetting_server.ingest.writer import Ingest
 
     ops = {o.name: o for o in BUILTIN_OPERATORS}
     rules = [
@@ -75,7 +75,7 @@ def test_chunk_tallies_equal_the_exact_loop():
 
 def _exact_tallies(run_id, samples, ev, engine):
     """The reference: one pass over every per-sample evaluation."""
-    from vetting_server.database import epoch
+    from vetting_server.db.database import epoch
 
     agg = {}
     for rule_i, si, obs, ok in ev.evaluations:
@@ -95,8 +95,8 @@ def _exact_tallies(run_id, samples, ev, engine):
 # -- the SQLite writer process ------------------------------------------------------------
 
 async def _sqlite_schema(tmp_path):
-    from vetting_server.database import connect_database
-    from vetting_server.migrate import migrate
+    from vetting_server.db.database import connect_database
+    from vetting_server.db.migrate import migrate
 
     url = f"sqlite:///{tmp_path / 'w.db'}"
     db = connect_database(url, busy_timeout_ms=5000, pool_min=1, pool_max=1)
@@ -117,7 +117,7 @@ def _item(run_id, seq, n=3):
 
 
 async def test_writer_process_commits_dedups_reports_errors_and_survives_a_kill(tmp_path):
-    from vetting_server.ingest_sqlite import WriterGone, WriterProcess
+    from vetting_server.ingest.sqlite import WriterGone, WriterProcess
 
     db = await _sqlite_schema(tmp_path)
     w = WriterProcess(str(db.path), 5000)
@@ -163,7 +163,7 @@ async def test_writer_process_two_groups_in_flight(tmp_path):
     killed with both in flight fails both, and the next group starts a new one."""
     import signal
 
-    from vetting_server.ingest_sqlite import WriterGone, WriterProcess
+    from vetting_server.ingest.sqlite import WriterGone, WriterProcess
 
     db = await _sqlite_schema(tmp_path)
     w = WriterProcess(str(db.path), 5000)
@@ -208,8 +208,8 @@ async def test_writer_process_two_groups_in_flight(tmp_path):
 
 
 async def test_writer_process_stores_numeric_and_text_samples_of_one_group_exactly(tmp_path):
-    """Numeric samples go in without the text column, the rest with it (ingest_sqlite)."""
-    from vetting_server.ingest_sqlite import WriterProcess
+    """Numeric samples go in without the text column, the rest with it (ingest/sqlite.py)."""
+    from vetting_server.ingest.sqlite import WriterProcess
 
     db = await _sqlite_schema(tmp_path)
     sent = [

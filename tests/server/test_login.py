@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from tests.support.server import ServerProcess
-from vetting_server.database import utcnow
+from vetting_server.db.database import utcnow
 from vetting_server.security import hash_password
 
 pytestmark = pytest.mark.anyio

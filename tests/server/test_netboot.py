@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from vetting_server.bootfiles import parse_range
-from vetting_server.database import utcnow
+from vetting_server.pxe.bootfiles import parse_range
+from vetting_server.db.database import utcnow
 
 pytestmark = pytest.mark.anyio
 

@@ -113,3 +113,44 @@ def test_port_ranges_are_validated():
     for bad, why in (("52o1", "'52o1' is not a port"), ("5210-5201", "between 1 and 65535"), ("0-3", "between 1 and 65535")):
         with pytest.raises(ConfigError, match=r"\$\.peers\.iperf3_ports: .*" + why):
             settings_from_dict({"peers": {"iperf3_ports": bad}})
+
+
+async def test_blocking_the_network_plugin_removes_the_peer_pool(database_url, tmp_path):
+    """The iperf3 pool is the ``network`` plugin's (``vetting_peer_pools``): with the
+    plugin blocked the orchestrator has no pool, says why, and never loads its code."""
+    from vetting_core.plugins import load_registry
+
+    from . import server_plugin
+
+    (port,) = free_ports(1)
+    with_network = load_registry(plugins=[("server-test", server_plugin)], environ={})
+    assert with_network.owner("peer_pools", "iperf3") == "network"
+    blocked = load_registry(blocked=["network"], plugins=[("server-test", server_plugin)], environ={})
+    assert blocked.peer_pools == {} and "network" in blocked.blocked
+    app = await _env(database_url, tmp_path, blocked, iperf3_ports=str(port))
+    async with serve_in_process(app) as client:
+        env = Env(app, client, await create_operator_token(app.state.rt))
+        assert app.state.rt.peers.pool is None
+        run_id, tok = await env.running()
+        r = await env.agent("POST", f"/api/v1/runs/{run_id}/peer", tok, json={"kind": "iperf3"})
+        assert r.status_code == 404 and "the network plugin is blocked" in r.json()["detail"]
+
+
+def test_a_server_with_the_network_plugin_blocked_does_not_import_it(tmp_path):
+    """In a fresh interpreter: the app is built and no module of the Network plugin
+    (its iperf3 pool included) is imported."""
+    import sys
+
+    code = (
+        "import sys\n"
+        "from vetting_core.config import settings_from_dict\n"
+        "from vetting_server.app import create_app\n"
+        f"s = settings_from_dict({{'server': {{'data_dir': {str(tmp_path)!r}}}, 'database': {{'url': 'sqlite:///{tmp_path}/v.db'}},"
+        " 'peers': {'iperf3_ports': '5201'}, 'plugins': {'disable': ['network']}})\n"
+        "app = create_app(s)\n"
+        "assert app.state.rt.peers.pool is None, 'a pool without its plugin'\n"
+        "print(sorted(m for m in sys.modules if m.startswith('vetting_stages.network')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -13,8 +13,8 @@ import pytest
 from tests.support.bmc import IpmiSim
 from vetting_core.config import settings_from_dict
 from vetting_core.statemachine import RunState
-from vetting_server.database import utcnow
-from vetting_server.power import KEEP, power_due
+from vetting_server.db.database import utcnow
+from vetting_server.boot.power import KEEP, power_due
 
 pytestmark = pytest.mark.anyio
 

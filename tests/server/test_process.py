@@ -140,7 +140,7 @@ def test_restart_resumes_and_kill9_loses_nothing(tmp_path, database_url):
 def test_db_migrate_and_token_cli(tmp_path):
     srv = ServerProcess(tmp_path / "srv")
     cp = srv.cli("db", "migrate")
-    from vetting_server.migrate import available
+    from vetting_server.db.migrate import available
 
     versions = [v for v, _ in available()]
     assert cp.returncode == 0 and f"applied {len(versions)} migration(s): {', '.join(versions)}" in cp.stdout

@@ -16,7 +16,7 @@ import pytest
 
 from vetting_core.config import ConfigError, settings_from_dict
 from tests.support.netns import veth_namespace
-from vetting_server.pxe import render_conf
+from vetting_server.pxe.supervisor import render_conf
 
 from .conftest import Env, create_operator_token, make_settings, serve_in_process
 
@@ -188,7 +188,7 @@ def test_the_fast_path_options_pass_dnsmasqs_own_check(tmp_path):
 
 
 def test_ipxe_binaries_are_installed_into_the_tftp_root(tmp_path):
-    from vetting_server.pxe import install_ipxe
+    from vetting_server.pxe.supervisor import install_ipxe
 
     source, root = tmp_path / "ipxe", tmp_path / "tftp"
     source.mkdir()

@@ -246,7 +246,7 @@ async def test_janitor_removes_old_files_keeps_history(env):
     key = [a for a in d["artifacts"] if a["kind"] == "hold_key"][0]
     rt = env.rt
     old = d["run"]["completed_at"]
-    from vetting_server.database import as_dt
+    from vetting_server.db.database import as_dt
 
     async with rt.db.transaction() as tx:
         await tx.execute("UPDATE runs SET completed_at = $2 WHERE id = $1", run_id, as_dt(old) - timedelta(days=90))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vetting_server.database import connect_database
-from vetting_server.migrate import available, migrate
-from vetting_server.tables import TABLES
+from vetting_server.db.database import connect_database
+from vetting_server.db.migrate import available, migrate
+from vetting_server.db.tables import TABLES
 
 pytestmark = pytest.mark.anyio
 
@@ -41,7 +41,7 @@ async def test_piccolo_tables_match_the_migrated_schema(database_url):
 
 
 async def test_sqlite_pragmas_and_no_memory(tmp_path):
-    from vetting_server.database import DatabaseError
+    from vetting_server.db.database import DatabaseError
 
     with pytest.raises(DatabaseError, match="in-memory"):
         connect_database("sqlite:///:memory:")
@@ -56,7 +56,7 @@ async def test_sqlite_pragmas_and_no_memory(tmp_path):
 
 
 async def test_foreign_keys_cascade(database_url):
-    from vetting_server.database import utcnow
+    from vetting_server.db.database import utcnow
 
     db = connect_database(database_url)
     await db.open()

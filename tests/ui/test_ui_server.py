@@ -9,7 +9,7 @@ from datetime import timedelta
 import msgspec
 import pytest
 
-from vetting_server.database import utcnow
+from vetting_server.db.database import utcnow
 from vetting_server.security import hash_password
 from vetting_server.settings_service import RuntimeSettings, SettingError
 from vetting_server.ui.ansi import ansi_html
@@ -96,7 +96,7 @@ async def test_a_session_ends_when_idle_too_long_after_its_absolute_limit_and_wh
                      utcnow() - timedelta(minutes=2), utcnow() + timedelta(seconds=30), expires)
     assert (await c.get("/")).status_code == 200
     row = await db.fetchrow("SELECT idle_until, expires_at FROM ui_sessions")
-    from vetting_server.database import as_dt
+    from vetting_server.db.database import as_dt
 
     assert as_dt(row["idle_until"]) == as_dt(row["expires_at"]) == expires.replace(microsecond=expires.microsecond)
     await db.execute("UPDATE users SET disabled = $1", True)

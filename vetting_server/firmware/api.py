@@ -23,14 +23,14 @@ from litestar.response import File
 from vetting_core.boot import BootError
 from vetting_core.model import INT64_MAX
 
-from ..auth import operator, operator_guard, runtime
-from ..database import as_dt, utcnow
+from ..api.auth import operator, operator_guard, runtime
+from ..db.database import as_dt, utcnow
 from ..errors import ApiError, not_found, unprocessable
-from ..fastbody import FastBody
-from ..limits import PathId
-from ..runs import jdump, jload
+from ..edge.fastbody import FastBody
+from ..api.limits import PathId
+from ..runs.service import jdump, jload
 from ..schemas import EventOut
-from ..views import event_out
+from ..api.views import event_out
 from .plans import PlanDocument, PlanError, check_plan
 from .remediation import offers, remediate
 from .schemas import (

@@ -16,13 +16,13 @@ from typing import Any
 
 from vetting_core.safeyaml import YamlError, load_yaml
 
-from ..cli_errors import CliError
+from ..cli.errors import CliError
 
 STATE_MARK = {"completed": "✔", "failed": "✘", "cancelled": "–", "running": "…", "retrying": "↻", "pending": " "}
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from ..cli import Client
+    from ..cli.client import Client
 
     return Client(args)
 
@@ -58,7 +58,7 @@ def cmd_artifact_add(args: argparse.Namespace) -> int:
 
 
 def cmd_artifact_list(args: argparse.Namespace) -> int:
-    from ..cli import _table
+    from ..cli.output import _table
 
     items = _client(args).call("GET", "/api/v1/firmware/artifacts")
     print(_table(items, ["id", "component", "version", "filename", "size_bytes", "sha256"]))
@@ -123,7 +123,7 @@ def cmd_plan_create(args: argparse.Namespace) -> int:
 
 
 def cmd_plan_list(args: argparse.Namespace) -> int:
-    from ..cli import _table
+    from ..cli.output import _table
 
     rows = _client(args).call("GET", "/api/v1/firmware/plans")
     for r in rows:
@@ -147,7 +147,7 @@ def cmd_plan_action(args: argparse.Namespace) -> int:
 
 
 def cmd_host_provider(args: argparse.Namespace) -> int:
-    from ..cli import _host_id
+    from ..cli.client import _host_id
 
     c = _client(args)
     config = json.loads(args.provider_config) if args.provider_config else {}
@@ -158,7 +158,8 @@ def cmd_host_provider(args: argparse.Namespace) -> int:
 
 
 def cmd_host_inventory(args: argparse.Namespace) -> int:
-    from ..cli import _host_id, _table
+    from ..cli.client import _host_id
+    from ..cli.output import _table
 
     c = _client(args)
     h = c.call("GET", f"/api/v1/firmware/hosts/{_host_id(c, args.host)}/inventory")

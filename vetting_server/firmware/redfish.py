@@ -18,7 +18,7 @@
   from the BMC's allowed values) and wait until the system reports ``On``;
 - one Redfish session for the whole update (``SessionService``), closed at the end.
 
-Built on :mod:`vetting_server.bmc.redfish_client` (TLS verified, credentials by
+Built on :mod:`vetting_server.boot.bmc.redfish_client` (TLS verified, credentials by
 reference, never logged) and the boot provider's reset logic.
 """
 
@@ -38,8 +38,8 @@ from vetting_core import BmcRefused, BmcUnreachable, FirmwareProviderSpec, hooki
 from vetting_core.boot import with_retries
 from vetting_core.firmware import FirmwareImage, FirmwareItem, FirmwareUpdateError, InstallOutcome, Progress, image_items
 
-from ..bmc.redfish import RedfishBoot
-from ..bmc.redfish_client import RedfishBmcConfig, RedfishClient
+from ..boot.bmc.redfish import RedfishBoot
+from ..boot.bmc.redfish_client import RedfishBmcConfig, RedfishClient
 
 log = structlog.get_logger()
 

@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from ..errors import conflict, not_found
-from ..runs import jload
+from ..runs.service import jload
 from ..runtime import Runtime, Unit
 from .plans import ArtifactRef, PlanDocument, Policy, Vet
 from .report import OFFER_EVENT

@@ -41,9 +41,9 @@ import structlog
 from vetting_core.boot import BootError
 from vetting_core.firmware import FirmwareItem, FirmwareUpdateError, image_items
 
-from ..database import as_dt, utcnow
+from ..db.database import as_dt, utcnow
 from ..errors import ApiError
-from ..runs import jdump
+from ..runs.service import jdump
 from ..runtime import Runtime
 from ..security import new_token, token_hash
 from .plans import Policy, describe_window, window_state
@@ -58,6 +58,10 @@ TOUCH_S = 30.0
 
 
 class CampaignRunner:
+    """The campaign loop of one server process: steps every running firmware plan under
+    its policy (stop, finish, window, start), drives each host's update through its
+    firmware provider, and starts the vetting run after it."""
+
     def __init__(self, rt: Runtime, store: FirmwareStore) -> None:
         self.rt = rt
         self.db = rt.db

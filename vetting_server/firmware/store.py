@@ -1,7 +1,7 @@
 """Plans, artifacts and host updates in the database (both engines), and their moves.
 
 Cold paths: a few rows per request or per campaign step, in plain SQL through
-:mod:`vetting_server.database` like the run lifecycle (compare-and-set needs the row
+:mod:`vetting_server.db.database` like the run lifecycle (compare-and-set needs the row
 count). Every move of a plan or a host update is applied with compare-and-set on
 ``(state, version)`` and written to the events table in the same transaction
 (``plan_id`` and ``host_id`` set, so both histories show it); a host update's move is
@@ -27,9 +27,9 @@ from vetting_core.events import DEFAULT_SEVERITY, RunEvent
 from vetting_core.firmware import FirmwareImage
 from vetting_core.profiles import ProfileError, plan_run
 
-from ..database import UniqueViolation, utcnow
+from ..db.database import UniqueViolation, utcnow
 from ..errors import ApiError, conflict, not_found, unprocessable
-from ..runs import jdump, jload
+from ..runs.service import jdump, jload
 from ..runtime import Runtime, Unit
 from .plans import PlanDocument, Policy
 from .states import NOTIFY, PLAN_TERMINAL, InvalidMove, PlanState, UpdateState, plan_move, update_move
@@ -55,6 +55,9 @@ def sha256_file(path: Path) -> str:
 
 
 class FirmwareStore:
+    """Firmware plans, artifacts and host updates in the database, and every move of a
+    plan or a host update (compare-and-set, with its event and notification)."""
+
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.db = rt.db

@@ -14,7 +14,7 @@ from vetting_core.config import RUNTIME_KEYS
 
 from ..errors import not_found
 from ..settings_service import SettingError, profile_names
-from ..views import event_out
+from ..api.views import event_out
 from . import queries
 from .render import page
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from litestar import Request
 
-from ..api_operator import HostController, RunController
+from ..api.operator import HostController, RunController
 from ..schemas import ActionRequest, HostCreate, HostOut, HostUpdate, OverrideRequest, RunCreated, RunOut, RunStart
 
 class _Controller:

@@ -1,7 +1,7 @@
 """Who is asking, and may they: the web UI's login, guard and CSRF check.
 
 - **Login** with the operator accounts of the API (``vetting admin create``) and the same
-  rate limit, backoff and failure audit (:meth:`vetting_server.login.LoginGuard.authenticate`).
+  rate limit, backoff and failure audit (:meth:`vetting_server.api.login.LoginGuard.authenticate`).
   The login form itself is protected against login CSRF by a double-submit token (a
   short-lived ``__Host-vetting-login`` cookie and the same value in the form).
 - **Guard**: every page and fragment except the login needs a live session

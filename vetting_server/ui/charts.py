@@ -17,7 +17,7 @@ from vetting_reports.build import chart_limits
 from vetting_reports.render import chart_geometry
 from vetting_reports.series import CHART_PRIORITY, MAX_LINES
 
-from ..database import as_dt, utcnow
+from ..db.database import as_dt, utcnow
 from . import queries
 
 MAX_CHARTS = 6

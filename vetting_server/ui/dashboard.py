@@ -15,7 +15,7 @@ from typing import Any
 from litestar import Controller, Request, get
 from litestar.response import Template
 
-from ..limits import PathId
+from ..api.limits import PathId
 from . import queries
 from .render import page
 from .streams import event_cursor

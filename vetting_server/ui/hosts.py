@@ -18,11 +18,11 @@ from litestar.response import Redirect, Template
 from vetting_core.safeyaml import YamlError, load_yaml
 
 from ..errors import ApiError, not_found
-from ..limits import PathId
-from ..runs import jload
+from ..api.limits import PathId
+from ..runs.service import jload
 from ..settings_service import profile_names
 from ..schemas import HostCreate, HostUpdate, RunStart
-from ..views import host_out
+from ..api.views import host_out
 from . import api, queries
 from .inventory_diff import inventory_diff
 from .render import is_htmx, page

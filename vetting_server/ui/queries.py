@@ -1,6 +1,6 @@
 """The web UI's reads: dashboard tiles and counts, a run's timeline, chart series, the audit log.
 
-Plain SQL through :mod:`vetting_server.database` like the operator API's listings (the
+Plain SQL through :mod:`vetting_server.db.database` like the operator API's listings (the
 Piccolo service layer of issue 20 is to take the cold reads over). The dashboard is the
 query that must stay fast with 10,000 hosts (``bench/ui_dashboard.py``): each host's
 latest run is one lookup on the ``idx_runs_host`` index (:data:`_CURRENT`), the page is cut
@@ -13,7 +13,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from ..database import Database, as_dt
+from ..db.database import Database, as_dt
 
 # runs that need a person: held (maybe waiting for a wipe override) or failed and not released
 ATTENTION = ("FailedHolding", "Failed")

@@ -20,7 +20,7 @@ from litestar.template.config import TemplateConfig
 
 from vetting_reports.render import fmt_bytes, fmt_duration, fmt_num, fmt_qty
 
-from ..database import as_dt, utcnow
+from ..db.database import as_dt, utcnow
 from . import queries
 
 _SECRET = re.compile(r"pass|secret|token|credential|private|key", re.IGNORECASE)

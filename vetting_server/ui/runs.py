@@ -25,10 +25,10 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
-from ..database import utcnow
+from ..db.database import utcnow
 from ..errors import ApiError, conflict, not_found
-from ..limits import PathId
-from ..runs import jload
+from ..api.limits import PathId
+from ..runs.service import jload
 from ..runtime import TERMINAL_VALUES
 from . import api, queries
 from .charts import live_charts

@@ -20,7 +20,7 @@ from typing import Any
 
 from litestar.datastructures import Cookie
 
-from ..database import as_dt, utcnow
+from ..db.database import as_dt, utcnow
 from ..runtime import Runtime
 from ..security import new_token, token_hash
 
@@ -39,7 +39,7 @@ class Session:
     expires_at: datetime
 
     def operator(self) -> dict[str, Any]:
-        """The operator as the API's handlers know one (:func:`vetting_server.auth.operator`)."""
+        """The operator as the API's handlers know one (:func:`vetting_server.api.auth.operator`)."""
         return {"id": self.user_id, "name": self.user, "token_id": None}
 
 

@@ -1,7 +1,7 @@
 """Server-sent events for the pages: the event stream of the API, named for htmx, and a log tail.
 
 The dashboard and run streams are the API's ``/api/v1/events/stream``
-(:func:`vetting_server.api_operator.follow_events`: the events table, woken by the hub,
+(:func:`vetting_server.api.operator.follow_events`: the events table, woken by the hub,
 progress from the heartbeats) with event names the pages' ``hx-trigger="sse:…"`` can
 listen for: ``host-<id>`` (an event of the host), ``progress-<host id>`` and ``summary``
 on the dashboard, ``run`` and ``progress`` on a run page. Every trigger of a fragment is a
@@ -32,10 +32,10 @@ from typing import Any
 from litestar import Controller, Request, get
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from ..api_operator import follow_events
-from ..database import as_dt
+from ..api.operator import follow_events
+from ..db.database import as_dt
 from ..errors import ApiError
-from ..limits import PathId
+from ..api.limits import PathId
 from ..runtime import TERMINAL_VALUES
 from .ansi import ansi_html
 

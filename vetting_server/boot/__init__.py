@@ -1,0 +1,1 @@
+"""Making a host boot: the built-in boot providers, BMCs, power windows and netboot."""

@@ -1,0 +1,1 @@
+"""PXE: the dnsmasq supervisor and the boot files it serves."""
