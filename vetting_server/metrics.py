@@ -42,11 +42,12 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from vetting_core.statemachine import RunState
+
 from .db.database import utcnow
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-RUN_STATES = ("Registered", "Queued", "WaitingBoot", "Booting", "Running", "Reporting", "Completed",
-              "Failed", "FailedHolding", "Released", "Cancelled")
+RUN_STATES = tuple(s.value for s in RunState)
 STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200)
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -28,7 +28,7 @@ from vetting_core.config import Settings
 from vetting_core.events import RunEvent
 from vetting_core.model import Severity, ThresholdRule
 from vetting_core.plugins import Registry
-from vetting_core.statemachine import TERMINAL, RunState
+from vetting_core.statemachine import ENDED, RunState, sql_states
 from vetting_core.thresholds import ThresholdEngine
 
 from .db.database import Database, as_dt, connect_database, utcnow
@@ -54,7 +54,6 @@ if TYPE_CHECKING:  # the services import this module: their types only, no impor
 
 log = structlog.get_logger()
 
-TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 HEARTBEAT_GRACE_S = 600.0  # a finished run's agent may still heartbeat this long (to hear shutdown)
 AUDIT_SOURCE: ContextVar[dict[str, Any] | None] = ContextVar("audit_source", default=None)
 """Where the request being answered comes from (client address, API or web UI): set when
@@ -255,7 +254,7 @@ class Runtime:
             return None
         auth = _auth_from_row(row)
         self.runs[run_id] = auth
-        if auth.state in TERMINAL_VALUES:
+        if auth.state in ENDED:
             self.engines.pop(run_id, None)
         return auth
 
@@ -277,7 +276,7 @@ class Runtime:
         if full:
             cutoff = datetime.fromtimestamp(now.timestamp() - HEARTBEAT_GRACE_S, tz=now.tzinfo)
             rows = await self.db.fetch(
-                cols + "WHERE state NOT IN ('Completed', 'Released', 'Cancelled') OR completed_at IS NULL OR completed_at > $1",
+                cols + f"WHERE state NOT IN {sql_states(ENDED)} OR completed_at IS NULL OR completed_at > $1",
                 cutoff,
             )
             self._last_full = now
@@ -295,7 +294,7 @@ class Runtime:
             old = self.runs.get(auth.run_id)
             if old is None or old.version != auth.version or old.token_hash != auth.token_hash:
                 self.runs[auth.run_id] = auth
-        for run_id in [r for r, a in self.runs.items() if a.state in TERMINAL_VALUES and (full and r not in seen)]:
+        for run_id in [r for r, a in self.runs.items() if a.state in ENDED and (full and r not in seen)]:
             del self.runs[run_id]
             self.engines.pop(run_id, None)
             self.stage_ids.pop(run_id, None)
@@ -375,4 +374,4 @@ async def _guard(fn: Any) -> None:
 
 
 def is_terminal(state: str) -> bool:
-    return RunState(state) in TERMINAL
+    return RunState(state) in ENDED

@@ -14,7 +14,9 @@ from typing import Any
 from ..db.database import utcnow
 from ..errors import forbidden, unauthorized
 from .limits import check_path_id
-from ..runtime import AUDIT_SOURCE, HEARTBEAT_GRACE_S, TERMINAL_VALUES, RunAuth, Runtime
+from vetting_core.statemachine import ENDED
+
+from ..runtime import AUDIT_SOURCE, HEARTBEAT_GRACE_S, RunAuth, Runtime
 from ..security import token_hash
 
 OPERATOR_CACHE_S = 5.0
@@ -76,7 +78,7 @@ async def authenticate_run(rt: Runtime, token: str | None, run_id: int, *, allow
 
 
 def _live(auth: RunAuth, allow_finished: bool) -> RunAuth:
-    if auth.state in TERMINAL_VALUES:
+    if auth.state in ENDED:
         done = auth.completed_at
         if not (allow_finished and done is not None and (utcnow() - done).total_seconds() < HEARTBEAT_GRACE_S):
             raise forbidden(f"run {auth.run_id} is finished ({auth.state}); its token is no longer accepted")

@@ -18,6 +18,7 @@ from vetting_core import __version__
 from vetting_core.cmdline import MAX_LENGTH
 from vetting_core.model import INT64_MAX
 from vetting_core.text import printable
+from vetting_core.statemachine import ACTIVE, BUSY, RunState, sql_states
 
 from ..runs.artifacts import hold_dir, stored_file
 from .auth import operator, operator_guard, runtime
@@ -218,7 +219,7 @@ class HostController(Controller):
         rt = runtime(request)
         host = await _host(request, host_id)
         active = await rt.db.fetchval(
-            "SELECT count(*) FROM runs WHERE host_id = $1 AND state IN ('Queued', 'WaitingBoot', 'Booting', 'Running', 'Reporting')",
+            f"SELECT count(*) FROM runs WHERE host_id = $1 AND state IN {sql_states(ACTIVE - {RunState.Registered})}",
             host_id,
         )
         if active:
@@ -283,8 +284,7 @@ class RunController(Controller):
             ref = data.host_id if by_id else data.host
             raise ApiError(422, f"host_id: no such host ({ref})", {"field": "host_id"})
         busy = await rt.db.fetchval(
-            "SELECT id FROM runs WHERE host_id = $1 AND state IN "
-            "('Registered', 'Queued', 'WaitingBoot', 'Booting', 'Running', 'Reporting', 'FailedHolding')",
+            f"SELECT id FROM runs WHERE host_id = $1 AND state IN {sql_states(BUSY)}",
             int(host["id"]),
         )
         if busy:

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vetting_core.statemachine import ENDED, FAILED
+
 from .client import Client
 from .errors import http_error
 from .output import _table
@@ -59,7 +61,7 @@ def _print_detail(d: dict[str, Any], *, report: bool = True) -> None:
         print(f"  report: {path}")
 
 
-FINAL = {"Completed", "Failed", "FailedHolding", "Released", "Cancelled"}
+FINAL = ENDED | FAILED
 
 
 def outcome_code(run: dict[str, Any]) -> int:

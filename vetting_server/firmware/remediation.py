@@ -24,6 +24,8 @@ from typing import Any
 
 import structlog
 
+from vetting_core.statemachine import FAILED
+
 from ..errors import conflict, not_found
 from ..runs.service import jload
 from ..runtime import Runtime, Unit
@@ -107,7 +109,7 @@ async def remediate(rt: Runtime, run_id: int, *, actor: str, approval_required: 
     if active:
         raise conflict(f"run {run_id} is already being remediated by firmware plan {active}", plan_id=int(active))
     run = await rt.db.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
-    if run["state"] in ("Failed", "FailedHolding"):  # no hold will be wanted: the host is handed to the update
+    if run["state"] in FAILED:  # no hold will be wanted: the host is handed to the update
         await rt.service.operator_action(run_id, "release", actor=actor, reason="released for a firmware update and re-vet")
     arts = {int(x["artifact"]["id"]): x["artifact"] for x in o["offers"]}
     doc = PlanDocument(

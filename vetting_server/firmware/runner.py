@@ -40,6 +40,7 @@ import structlog
 
 from vetting_core.boot import BootError
 from vetting_core.firmware import FirmwareItem, FirmwareUpdateError, image_items
+from vetting_core.statemachine import BUSY, sql_states
 
 from ..db.database import as_dt, utcnow
 from ..errors import ApiError
@@ -52,7 +53,6 @@ from .store import ChecksumMismatch, Conflict, FirmwareStore
 
 log = structlog.get_logger()
 
-BUSY_RUN_STATES = ("Registered", "Queued", "WaitingBoot", "Booting", "Running", "Reporting", "FailedHolding")
 STALE_S = 120.0
 TOUCH_S = 30.0
 
@@ -142,9 +142,9 @@ class CampaignRunner:
     async def _host_busy(self, upd: dict[str, Any]) -> str | None:
         run = await self.db.fetchrow(
             f"SELECT id, state, power_due_at FROM runs WHERE host_id = $1 AND (state IN "
-            f"({', '.join(repr(s) for s in BUSY_RUN_STATES)}) OR power_due_at IS NOT NULL) ORDER BY id DESC LIMIT 1",
+            f"{sql_states(BUSY)} OR power_due_at IS NOT NULL) ORDER BY id DESC LIMIT 1",
             int(upd["host_id"]))
-        if run is not None and run["state"] in BUSY_RUN_STATES:
+        if run is not None and run["state"] in BUSY:
             return f"vetting run {run['id']} is {run['state']}"
         if run is not None:  # the server still has to clear the boot override and power the host off
             return f"the clean-up after vetting run {run['id']} is due at {as_dt(run['power_due_at']).isoformat(timespec='seconds')}"

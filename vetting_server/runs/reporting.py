@@ -35,7 +35,7 @@ from vetting_core.model import (
     Verdict,
     completed_result,
 )
-from vetting_core.statemachine import RunEventType
+from vetting_core.statemachine import FAILED, RunEventType, RunState
 
 from ..db.database import as_dt, utcnow
 from ..runtime import Runtime, rule_from_row
@@ -158,7 +158,7 @@ class Reporting:
     async def _build(self, run_id: int) -> None:
         rt = self.rt
         state = await rt.db.fetchval("SELECT state FROM runs WHERE id = $1", run_id)
-        if state not in ("Reporting", "Failed", "FailedHolding"):
+        if state not in FAILED | {RunState.Reporting}:
             return
         record = await build_record(rt, run_id)
         finished = utcnow()

@@ -13,11 +13,11 @@ from typing import Any
 import anyio
 import msgspec
 
-from vetting_core.context import StageContext, execute_stage
+from vetting_core.context import MemorySink, build_context, execute_stage
 from vetting_core.model import Measurement, Verdict, stops_run
 from vetting_core.protocol import Breach, LogLine, ResultReply, StageResult
 from vetting_core.statemachine import RunEventType, RunState
-from vetting_core.thresholds import EvaluationResult, ThresholdEngine
+from vetting_core.thresholds import Evaluation, EvaluationResult, ThresholdEngine, judge_stage
 
 from .artifacts import check_agent_kinds
 from ..db.database import Database, as_dt, utcnow
@@ -44,13 +44,11 @@ class StageResults:
             return StageResult(stage=name, verdict=Verdict.failed, reason=f"stage {name!r} is not installed on the orchestrator")
         row = await db.fetchrow("SELECT inventory_json, expected_spec_json, profile, non_destructive, override_flags_json FROM runs WHERE id = $1", int(run["id"]))
         params = await db.fetchval("SELECT params_json FROM stages WHERE run_id = $1 AND name = $2", int(run["id"]), name)
-        from vetting_core.context import MemorySink
-
         sink = MemorySink()
         workdir = Path(tempfile.mkdtemp(prefix=f"vetting-run{run['id']}-", dir=self._scratch()))
         try:
-            ctx = StageContext(
-                stage=name, sink=sink, workdir=workdir, params=jload(params, {}), profile=row["profile"],
+            ctx = build_context(
+                name, sink=sink, workdir=workdir, params=jload(params, {}), profile=row["profile"],
                 run_id=int(run["id"]), inventory=jload(row["inventory_json"], {}), spec=jload(row["expected_spec_json"]),
                 non_destructive=True, override_flags=jload(row["override_flags_json"], {}),
             )
@@ -188,19 +186,9 @@ class StageResults:
             "WHERE run_id = $1 AND stage_name = $2 AND passed = $3 AND severity = 'critical' LIMIT 5",
             run_id, res.stage, False,
         )
-        verdict, reason = res.verdict, res.reason
-        wants_hold = res.hold or verdict is Verdict.hold
-        if verdict is Verdict.passed and (critical_now or streamed):
-            verdict = Verdict.failed
-            if critical_now:
-                b = critical_now[0]
-                rule = engine.rules[b.rule]
-                s = res.measurements[b.sample]
-                reason = f"critical threshold breach: {s.kind} {s.key} = {b.observed!r} ({rule.op} {rule.threshold})"
-            else:
-                r = streamed[0]
-                obs = r["observed"] if r["observed"] is not None else r["observed_text"]
-                reason = f"critical threshold breach during the stage: {r['kind']} {r['key']} = {obs!r}"
+        wants_hold = res.hold or res.verdict is Verdict.hold
+        verdict, reason = judge_stage(res.verdict, res.reason, [*critical_now, *streamed],
+                                      lambda _: critical_reason(engine, res.measurements, critical_now, streamed))
         if wants_hold:
             verdict = Verdict.hold
         hold_enabled = self.rt.settings.hold.enabled
@@ -295,3 +283,17 @@ class StageResults:
         if isinstance(obs, float) and obs != obs:
             obs = None
         return Breach(stage=s.stage, kind=s.kind, key=s.key, op=rule.op, threshold=rule.threshold, observed=obs, severity=rule.severity.value)
+
+
+def critical_reason(engine: ThresholdEngine, samples: list[Measurement], critical_now: list[Evaluation],
+                    streamed: list[dict[str, Any]]) -> str:
+    """A failed stage's reason: the first critical breach in its result, else the first
+    one judged while its samples streamed in."""
+    if critical_now:
+        b = critical_now[0]
+        rule = engine.rules[b.rule]
+        s = samples[b.sample]
+        return f"critical threshold breach: {s.kind} {s.key} = {b.observed!r} ({rule.op} {rule.threshold})"
+    r = streamed[0]
+    obs = r["observed"] if r["observed"] is not None else r["observed_text"]
+    return f"critical threshold breach during the stage: {r['kind']} {r['key']} = {obs!r}"

@@ -8,10 +8,8 @@ from typing import Any
 import msgspec
 
 from vetting_core.model import Verdict
-from vetting_core.statemachine import AGENT_ACTIVE
 
 json_bytes = msgspec.json.encode
-AGENT_ACTIVE_STATES = frozenset(s.value for s in AGENT_ACTIVE)
 # stages the pipeline moves past (a stage that could not run, when that did not stop the run)
 SETTLED = frozenset(v.value for v in (Verdict.passed, Verdict.skipped, Verdict.cannot_run))
 

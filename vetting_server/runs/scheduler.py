@@ -33,7 +33,7 @@ from typing import Any
 import anyio
 import structlog
 
-from vetting_core.statemachine import RunEventType, RunState
+from vetting_core.statemachine import IN_FLIGHT, RunEventType, RunState, sql_states
 
 from .artifacts import inside
 from ..db.database import as_dt, utcnow
@@ -43,6 +43,7 @@ from ..runtime import Runtime
 log = structlog.get_logger()
 
 E = RunEventType
+IN_FLIGHT_SQL = sql_states(IN_FLIGHT)
 REPORTING_STUCK_S = 60.0  # a run in Reporting this long without a report builder gets one
 # a Running run's current stage started more than its timeout before $4 (now - grace)
 _STAGE_OVERDUE = {
@@ -87,7 +88,7 @@ class Scheduler:
     async def dispatch_once(self) -> None:
         svc = self.rt.service
         active = await self.db.fetchval(
-            "SELECT count(*) FROM runs WHERE state IN ('WaitingBoot', 'Booting', 'Running', 'Reporting')"
+            f"SELECT count(*) FROM runs WHERE state IN {IN_FLIGHT_SQL}"
         )
         free = self.rt.settings.dispatcher.concurrency - int(active or 0)
         if free <= 0:
@@ -96,7 +97,7 @@ class Scheduler:
             f"SELECT r.id, {HOST_COLUMNS} FROM runs r "
             "JOIN hosts h ON h.id = r.host_id WHERE r.state = 'Queued' "
             "AND NOT EXISTS (SELECT 1 FROM runs o WHERE o.host_id = r.host_id AND o.id <> r.id "
-            "AND o.state IN ('WaitingBoot', 'Booting', 'Running', 'Reporting')) "
+            f"AND o.state IN {IN_FLIGHT_SQL}) "
             "AND NOT EXISTS (SELECT 1 FROM firmware_updates f WHERE f.host_id = r.host_id AND f.state = 'running') "
             "ORDER BY r.id LIMIT $1",
             free,
@@ -128,7 +129,7 @@ class Scheduler:
             "SELECT r.id, r.state, r.state_changed_at, r.hello_at, r.last_heartbeat_at, r.current_stage, "
             "s.started_at AS stage_started_at, s.timeout_s FROM runs r "
             "LEFT JOIN stages s ON s.run_id = r.id AND s.name = r.current_stage "
-            "WHERE r.state IN ('WaitingBoot', 'Booting', 'Running', 'Reporting') AND ("
+            f"WHERE r.state IN {IN_FLIGHT_SQL} AND ("
             "(r.state = 'Reporting' AND r.state_changed_at < $1) "
             "OR (r.state IN ('WaitingBoot', 'Booting') AND r.hello_at IS NULL AND r.state_changed_at < $2) "
             "OR (r.state IN ('Booting', 'Running') AND r.last_heartbeat_at < $3) "

@@ -7,14 +7,14 @@ from typing import Any
 
 from vetting_core.model import Verdict
 from vetting_core.protocol import Claim, ClaimReply, Hello, HelloReply, PlannedStage
-from vetting_core.statemachine import InvalidTransition, RunEventType, RunState, transition
+from vetting_core.statemachine import AGENT_ACTIVE, InvalidTransition, RunEventType, RunState, transition
 
 from ..db.database import Database, utcnow
 from ..errors import conflict, not_found
 from ..ingest.writer import stored_seqs
 from ..runtime import Runtime
 from .retry import retry_on_conflict
-from .rows import AGENT_ACTIVE_STATES, jload
+from .rows import jload
 
 E = RunEventType
 
@@ -50,7 +50,7 @@ class AgentSessions:
                 try:
                     transition(run["state"], E.hello)
                 except InvalidTransition:
-                    if run["state"] not in AGENT_ACTIVE_STATES:
+                    if run["state"] not in AGENT_ACTIVE:
                         raise conflict(f"run {run_id} is {run['state']}; hello is not accepted") from None
                     cols = list(fields)
                     await u.tx.execute(

@@ -13,11 +13,13 @@ import math
 from datetime import datetime
 from typing import Any
 
+from vetting_core import statemachine
+from vetting_core.statemachine import FAILED, RunState, sql_states
+
 from ..db.database import Database, as_dt
 
 # runs that need a person: held (maybe waiting for a wipe override) or failed and not released
-ATTENTION = ("FailedHolding", "Failed")
-ACTIVE = ("Registered", "Queued", "WaitingBoot", "Booting", "Running", "Reporting")
+ACTIVE = tuple(s.value for s in RunState if s in statemachine.ACTIVE)  # lifecycle order, for the filter
 STATES = ("idle", *ACTIVE, "FailedHolding", "Failed", "Completed", "Released", "Cancelled")
 VERDICTS = ("pass", "fail", "incomplete", "cancelled", "none")
 PAGE = 60
@@ -51,9 +53,9 @@ def _where(state: str | None, verdict: str | None, text: str | None) -> tuple[st
     if state == "idle":
         clauses.append("r.id IS NULL")
     elif state == "attention":
-        clauses.append("r.state IN ('FailedHolding', 'Failed')")
+        clauses.append(f"r.state IN {sql_states(FAILED)}")
     elif state == "active":
-        clauses.append("r.state IN (" + ", ".join(f"'{s}'" for s in ACTIVE) + ")")
+        clauses.append(f"r.state IN {sql_states(statemachine.ACTIVE)}")
     elif state:
         args.append(state)
         clauses.append(f"r.state = ${len(args)}")

@@ -25,11 +25,12 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
+from vetting_core.statemachine import ACTIVE, ENDED, FAILED
+
 from ..db.database import utcnow
 from ..errors import ApiError, conflict, not_found
 from ..api.limits import PathId
 from ..runs.service import jload
-from ..runtime import TERMINAL_VALUES
 from . import api, queries
 from .charts import live_charts
 from .render import page
@@ -52,7 +53,6 @@ def remember_token(request: Request, run_id: int, created: Any) -> None:
     store[(request.state.ui_session.id, run_id)] = {"token": created.agent_token, "kernel_params": created.kernel_params}
 
 
-CANCELLABLE = ("Registered", "Queued", "WaitingBoot", "Booting", "Running", "Reporting")
 
 
 def wipe_findings(stages: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -91,8 +91,8 @@ async def run_context(request: Request, run_id: int) -> dict[str, Any]:
         "run": run, "stages": stages, "substeps": subs, "diffs": diffs, "breaches": breaches,
         "breach_count": int(n_breaches or 0), "has_report": "report_html" in kinds, "has_hold_key": "hold_key" in kinds,
         "wipe": wipe_findings(stages, run), "progress": rt.hub.progress.get(run_id) if state == "Running" else None,
-        "live": state not in TERMINAL_VALUES, "override_flags": jload(run["override_flags_json"], {}),
-        "can_cancel": state in CANCELLABLE, "can_release": state in ("Failed", "FailedHolding"),
+        "live": state not in ENDED, "override_flags": jload(run["override_flags_json"], {}),
+        "can_cancel": state in ACTIVE, "can_release": state in FAILED,
         "can_retry": state == "FailedHolding" and failed is not None and failed["runs_on"] != "orchestrator",
     }
 
@@ -129,7 +129,7 @@ class RunPageController(Controller):
             raise not_found(f"run {run_id} not found")
         stages = await queries.stages(rt.db, run_id)
         return page(request, "_run_charts.html.j2", run=run, charts=await live_charts(rt, run, stages),
-                    live=run["state"] not in TERMINAL_VALUES)
+                    live=run["state"] not in ENDED)
 
     # ------------------------------------------------------------------ decisions
     @post("/runs/{run_id:int}/{action:str}")

@@ -32,11 +32,12 @@ from typing import Any
 from litestar import Controller, Request, get
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
+from vetting_core.statemachine import ENDED
+
 from ..api.operator import follow_events
 from ..db.database import as_dt
 from ..errors import ApiError
 from ..api.limits import PathId
-from ..runtime import TERMINAL_VALUES
 from .ansi import ansi_html
 
 TAIL_LINES = 300
@@ -152,7 +153,7 @@ class StreamController(Controller):
                     yield ServerSentEventMessage(event="line", data=render_lines(rows), id=last)
                     continue
                 state = await db.fetchval("SELECT state FROM runs WHERE id = $1", run_id)
-                if state is None or state in TERMINAL_VALUES:
+                if state is None or state in ENDED:
                     yield ServerSentEventMessage(event="end", data="", id=last)
                     return
                 await rt.hub.wait(LOG_POLL_S)
