@@ -17,7 +17,7 @@ from pathlib import Path
 
 import anyio
 
-from vetting_core.context import MemorySink, StageContext, execute_stage
+from vetting_core.context import MemorySink, build_context, execute_stage
 from vetting_core.model import Verdict
 
 from .stage import STAGE
@@ -32,7 +32,7 @@ async def _main(args: argparse.Namespace) -> int:
         params["backend"] = args.backend
     sink = MemorySink()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="vetting-gpu-"))
-    ctx = StageContext(stage=STAGE.name, sink=sink, workdir=workdir, params=params, profile=args.profile)
+    ctx = build_context(STAGE.name, sink=sink, workdir=workdir, params=params, profile=args.profile)
     result = await execute_stage(STAGE, ctx)
     print(f"GPU stage: {result.verdict.value}" + (f" — {result.reason}" if result.reason else ""))
     for step in result.substeps:
