@@ -8,10 +8,10 @@ What it does:
 1. starts two ``vetting serve`` processes on fresh SQLite files: one with ``--hosts``
    hosts (the fleet), one with ``--baseline`` hosts (the baseline, same code, same
    machine, same run);
-2. fills both with hosts and runs straight into SQLite (``sqlite3.executemany``; the
-   schema is the server's own): per host 0 to 3 runs, the latest one in a spread of
-   states (a fifth never ran, a few percent held with a hold TTL, failed, running, the
-   rest finished), each finished run with a verdict;
+2. fills both with hosts and runs straight into SQLite (``bench/fleet.py``,
+   ``sqlite3.executemany``; the schema is the server's own): per host 0 to 3 runs, the
+   latest one in a spread of states (a fifth never ran, a few percent held with a hold
+   TTL, failed, running, the rest finished), each finished run with a verdict;
 3. logs in to both with Debian's chromium (Playwright) and loads ``/`` ``--loads`` times
    each, alternating fleet and baseline; per load it reads the browser's own timings:
    ``first-contentful-paint`` (the figure the issue asks for: < 300 ms), the time to the
@@ -26,13 +26,10 @@ query plan is in ``vetting_server/ui/queries.py``.
 from __future__ import annotations
 
 import argparse
-import random
-import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -40,53 +37,9 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.fleet import fill_sqlite  # noqa: E402
 from tests.support.server import ServerProcess  # noqa: E402
 from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS, LAPTOP, PASSWORD  # noqa: E402
-
-FINISHED = ("Completed", "Completed", "Completed", "Released", "Cancelled")
-LATEST = [("Completed", 55), ("Running", 10), ("Queued", 3), ("FailedHolding", 4), ("Failed", 3), ("Released", 3),
-          ("Cancelled", 2)]
-
-
-def fill(db_path: Path, hosts: int, seed: int = 7) -> int:
-    """Hosts and runs written straight into the server's database; returns the run count."""
-    rnd = random.Random(seed)
-    now = datetime.now(UTC)
-    iso = lambda d: d.isoformat(timespec="microseconds")  # noqa: E731 - the server's text timestamps
-    states, weights = zip(*LATEST)
-    host_rows, run_rows = [], []
-    run_id = 0
-    for h in range(1, hosts + 1):
-        host_rows.append((h, f"rack{h // 40:03d}-node{h % 40:02d}-{h}", f"02:{h >> 24 & 255:02x}:{h >> 16 & 255:02x}:"
-                          f"{h >> 8 & 255:02x}:{h & 255:02x}:00", "manual", iso(now), iso(now)))
-        if rnd.random() < 0.2:
-            continue  # never ran
-        n = rnd.randint(1, 3)
-        for i in range(n):
-            run_id += 1
-            last = i == n - 1
-            state = rnd.choices(states, weights)[0] if last else rnd.choice(FINISHED)
-            started = now - timedelta(hours=rnd.uniform(0.1, 24 * 30))
-            done = state in ("Completed", "Released", "Cancelled", "Failed", "FailedHolding")
-            result = {"Completed": rnd.choice(["pass", "pass", "pass", "fail"]), "Released": "fail", "Cancelled": "cancelled",
-                      "Failed": "fail", "FailedHolding": "fail"}.get(state)
-            run_rows.append((
-                run_id, h, state, 0, f"hash-{run_id}", "quick", 1, "{}", result,
-                "Running" if state == "Running" else None, "SMART" if state in ("Failed", "FailedHolding") else None,
-                "agent lost: no heartbeat for 61s" if state == "Failed" and rnd.random() < 0.5 else None,
-                iso(started), iso(started + timedelta(minutes=3)), iso(started + timedelta(minutes=20)) if done else None,
-                iso(now + timedelta(hours=rnd.uniform(0.5, 24))) if state == "FailedHolding" else None,
-                "10.0.0.9" if state == "FailedHolding" else None,
-            ))
-    with sqlite3.connect(db_path) as conn:
-        conn.executemany("INSERT INTO hosts (id, name, mac, boot_provider, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                         host_rows)
-        conn.executemany(
-            "INSERT INTO runs (id, host_id, state, version, agent_token_hash, profile, non_destructive, override_flags_json, "
-            "result, current_stage, failed_stage, reason, started_at, state_changed_at, completed_at, hold_expires_at, hold_ip) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", run_rows)
-    return run_id
-
 
 # the page's CSP forbids eval (wait_for_function): poll from a function instead
 FCP = """() => new Promise(done => { const look = () => {
@@ -114,7 +67,7 @@ def main() -> None:
             srv.start()
             srv.cli("admin", "create", "alice", "--password-stdin", input=PASSWORD + "\n", check=True)
             t = time.perf_counter()
-            runs = fill(srv.db_path, args.hosts if name == "fleet" else args.baseline)
+            runs = fill_sqlite(srv.db_path, args.hosts if name == "fleet" else args.baseline)
             print(f"{name}: {args.hosts if name == 'fleet' else args.baseline:,} hosts, {runs:,} runs "
                   f"(written in {time.perf_counter() - t:.1f} s)")
         fcp: dict[str, list[float]] = {n: [] for n in servers}
