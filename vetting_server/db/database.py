@@ -350,6 +350,20 @@ class PostgresDatabase(Database):
             yield PostgresTx(conn)
 
 
+async def update_unchanged(tx: Any, table: str, row: Any, fields: dict[str, Any]) -> bool:
+    """Compare-and-set: write ``fields`` into ``table``'s row ``row["id"]`` only while its
+    ``state`` and ``version`` are still those of ``row`` (what the caller read), so two
+    replicas or a retried request can never both move it. ``table`` is the caller's
+    constant; ``fields`` should bump ``version``. Whether the row was written."""
+    cols = list(fields)
+    sets = ", ".join(f"{c} = ${i + 4}" for i, c in enumerate(cols))
+    n = await tx.execute(
+        f"UPDATE {table} SET {sets} WHERE id = $1 AND state = $2 AND version = $3",
+        int(row["id"]), row["state"], int(row["version"]), *[fields[c] for c in cols],
+    )
+    return n == 1
+
+
 def connect_database(url: str, *, busy_timeout_ms: int = 5000, pool_min: int = 1, pool_max: int = 10) -> Database:
     if url.startswith("sqlite://"):
         return SQLiteDatabase(url, busy_timeout_ms=busy_timeout_ms)

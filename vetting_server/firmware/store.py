@@ -27,7 +27,7 @@ from vetting_core.events import DEFAULT_SEVERITY, RunEvent
 from vetting_core.firmware import FirmwareImage
 from vetting_core.profiles import ProfileError, plan_run
 
-from ..db.database import UniqueViolation, utcnow
+from ..db.database import UniqueViolation, update_unchanged, utcnow
 from ..errors import ApiError, conflict, not_found, unprocessable
 from ..runs.service import jdump, jload
 from ..runtime import Runtime, Unit
@@ -399,13 +399,7 @@ def _models(host: dict[str, Any]) -> list[str]:
 
 
 async def _cas(u: Unit, table: str, row: dict[str, Any], fields: dict[str, Any]) -> None:
-    cols = list(fields)
-    sets = ", ".join(f"{c} = ${i + 4}" for i, c in enumerate(cols))
-    n = await u.tx.execute(
-        f"UPDATE {table} SET {sets} WHERE id = $1 AND state = $2 AND version = $3",
-        int(row["id"]), row["state"], int(row["version"]), *[fields[c] for c in cols],
-    )
-    if n != 1:
+    if not await update_unchanged(u.tx, table, row, fields):
         raise Conflict(f"{table} {row['id']} changed concurrently")
 
 

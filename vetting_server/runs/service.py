@@ -32,7 +32,7 @@ from vetting_core.specdiff import SpecIgnore, spec_to_dict
 from vetting_core.statemachine import InvalidTransition, RunEventType, RunState, transition
 from vetting_core.thresholds import ThresholdEngine
 
-from ..db.database import iso, utcnow
+from ..db.database import iso, update_unchanged, utcnow
 from ..errors import ApiError
 from ..api.hosts import FieldError, parse_host_spec
 from ..boot.power import KEEP, power_due
@@ -102,13 +102,7 @@ class RunService(AgentSessions, StageResults, OperatorActions):
         due = power_due(self.rt.settings, run, t.next, updates, now)
         if due is not KEEP:
             updates.setdefault("power_due_at", due)
-        cols = list(updates)
-        sets = ", ".join(f"{c} = ${i + 4}" for i, c in enumerate(cols))
-        n = await u.tx.execute(
-            f"UPDATE runs SET {sets} WHERE id = $1 AND state = $2 AND version = $3",
-            int(run["id"]), run["state"], int(run["version"]), *[updates[c] for c in cols],
-        )
-        if n != 1:
+        if not await update_unchanged(u.tx, "runs", run, updates):
             raise TransitionConflict(f"run {run['id']} changed concurrently")
         new = {**run, **updates}
         kind = t.notify.value if t.notify else "state"
