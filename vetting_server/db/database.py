@@ -99,15 +99,9 @@ def sqlite_path(url: str) -> Path:
     return Path(rest)
 
 
-class Database:
-    """Async interface; see :class:`SQLiteDatabase` and :class:`PostgresDatabase`."""
-
-    dialect: str = ""
-    url: str = ""
-
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
+class _Rows:
+    """``fetchrow`` and ``fetchval`` from a class's ``fetch``: the databases and their
+    transactions answer them the same way."""
 
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         raise NotImplementedError
@@ -119,6 +113,17 @@ class Database:
     async def fetchval(self, sql: str, *args: Any) -> Any:
         row = await self.fetchrow(sql, *args)
         return None if row is None else next(iter(row.values()))
+
+
+class Database(_Rows):
+    """Async interface; see :class:`SQLiteDatabase` and :class:`PostgresDatabase`."""
+
+    dialect: str = ""
+    url: str = ""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
 
     async def execute(self, sql: str, *args: Any) -> int:
         async with self.transaction() as tx:
@@ -153,7 +158,7 @@ def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     return conn
 
 
-class SQLiteTx:
+class SQLiteTx(_Rows):
     """A write transaction on the writer connection (``BEGIN IMMEDIATE`` … ``COMMIT``)."""
 
     dialect = "sqlite"
@@ -187,14 +192,6 @@ class SQLiteTx:
             if "UNIQUE" in str(exc):
                 raise UniqueViolation(str(exc)) from exc
             raise
-
-    async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
-        rows = await self.fetch(sql, *args)
-        return rows[0] if rows else None
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        row = await self.fetchrow(sql, *args)
-        return None if row is None else next(iter(row.values()))
 
     async def run_sync(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run ``fn(connection)`` in the writer thread inside this transaction (bulk paths)."""
@@ -279,7 +276,7 @@ def _pg_rowcount(status: str) -> int:
         return 0
 
 
-class PostgresTx:
+class PostgresTx(_Rows):
     dialect = "postgresql"
 
     def __init__(self, conn: Any) -> None:
@@ -306,14 +303,6 @@ class PostgresTx:
             return [dict(r) for r in await self.conn.fetch(sql, *args)]
         except asyncpg.UniqueViolationError as exc:
             raise UniqueViolation(str(exc)) from exc
-
-    async def fetchrow(self, sql: str, *args: Any) -> dict[str, Any] | None:
-        rows = await self.fetch(sql, *args)
-        return rows[0] if rows else None
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        row = await self.fetchrow(sql, *args)
-        return None if row is None else next(iter(row.values()))
 
     async def copy(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if rows:
