@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from vetting_server.db.database import connect_database
@@ -13,29 +15,65 @@ pytestmark = pytest.mark.anyio
 COMPOSITE_KEY = {"batches", "stage_results", "threshold_tallies", "settings", "firmware_plan_artifacts"}
 
 
-async def _columns(db, table: str) -> set[str]:
+async def _columns(db, table: str) -> dict[str, tuple[bool, object]]:
+    """Each column of the migrated ``table``: (nullable, its SQL default as a value or ``NO_DEFAULT``)."""
     if db.dialect == "sqlite":
         rows = await db.fetch(f"PRAGMA table_info({table})")
-        return {r["name"] for r in rows}
-    rows = await db.fetch("SELECT column_name FROM information_schema.columns WHERE table_name = $1", table)
-    return {r["column_name"] for r in rows}
+        return {r["name"]: (not r["notnull"] and not r["pk"], _sql_default(r["dflt_value"])) for r in rows}
+    rows = await db.fetch(
+        "SELECT column_name, is_nullable, column_default FROM information_schema.columns WHERE table_name = $1", table
+    )
+    return {r["column_name"]: (r["is_nullable"] == "YES", _sql_default(r["column_default"])) for r in rows}
+
+
+NO_DEFAULT = object()
+
+
+def _sql_default(text: str | None) -> object:
+    if text is None or text.startswith("nextval("):
+        return NO_DEFAULT
+    text = re.sub(r"::[a-z ]+$", "", text)  # PostgreSQL: 'manual'::text
+    if text.startswith("'"):
+        return text[1:-1].replace("''", "'")
+    return {"false": 0.0, "true": 1.0}.get(text.lower()) if text.isalpha() else float(text)
+
+
+def _piccolo_default(column) -> object:
+    value = column.default
+    if isinstance(value, bool | int | float):
+        return float(value)
+    return value
 
 
 async def test_piccolo_tables_match_the_migrated_schema(database_url):
+    """Same tables and columns, same nullability, and a row Piccolo inserts without a
+    column gets what the SQL would give it: its SQL default, else NULL."""
     db = connect_database(database_url)
     await db.open()
     try:
         applied = await migrate(db)
         assert applied == [v for v, _ in available()]
         assert await migrate(db) == []  # idempotent
+        wrong: list[str] = []
         for table in TABLES:
             name = table._meta.tablename
-            want = {c._meta.db_column_name for c in table._meta.columns}
+            columns = {c._meta.db_column_name: c for c in table._meta.columns}
             have = await _columns(db, name)
             assert have, f"table {name} missing"
             if name in COMPOSITE_KEY:
-                want.discard("id")
-            assert want == have, (name, want ^ have)
+                columns.pop("id", None)
+            assert set(columns) == set(have), (name, set(columns) ^ set(have))
+            for col_name, column in columns.items():
+                if column._meta.primary_key:
+                    continue
+                nullable, default = have[col_name]
+                if column._meta.null != nullable:
+                    wrong.append(f"{name}.{col_name}: {'' if nullable else 'not '}nullable in SQL")
+                if default is not NO_DEFAULT and _piccolo_default(column) != default:
+                    wrong.append(f"{name}.{col_name}: SQL default {default!r}, Piccolo {column.default!r}")
+                if default is NO_DEFAULT and nullable and column.default is not None:
+                    wrong.append(f"{name}.{col_name}: NULL by default in SQL, Piccolo {column.default!r}")
+        assert not wrong, "\n".join(wrong)
     finally:
         await db.close()
 

@@ -2,10 +2,10 @@
 
 The authoritative DDL is ``migrations/*.sql`` (one template rendered for SQLite and
 PostgreSQL, applied by :mod:`.migrate`); a test checks that these classes and the
-migrated database have the same tables and columns. The hot paths use SQL through
-:mod:`.database` (see its docstring for why); these classes are for readers, tools
-and ad-hoc Piccolo queries (``Hosts.select().where(Hosts.mac == ...)`` after
-pointing ``Hosts._meta.db`` at an engine).
+migrated database have the same tables, columns and nullability. The cold paths
+query through these classes (:mod:`.orm`: Piccolo builds the SQL, the project's
+connections run it); the hot paths use SQL through :mod:`.database` (see
+:mod:`vetting_server.ingest` and :mod:`vetting_server.runs` for why).
 
 The timestamps of the append-only hot tables (``measurements.ts``, ``log_lines.ts``,
 ``threshold_evaluations.ts``, ``threshold_tallies.first_ts/last_ts``) are
@@ -31,6 +31,8 @@ from piccolo.columns import (
 from piccolo.columns.base import OnDelete
 from piccolo.table import Table
 
+from .orm import QUERY_ENGINE
+
 
 class Hosts(Table, tablename="hosts"):
     name = Text(unique=True)
@@ -39,58 +41,58 @@ class Hosts(Table, tablename="hosts"):
     boot_config_json = Text(default="{}")
     expected_spec_yaml = Text(default="")
     notes = Text(default="")
-    agent_token_hash = Text(null=True, unique=True)
+    agent_token_hash = Text(null=True, default=None, unique=True)
     created_at = Timestamptz()
     updated_at = Timestamptz()
-    last_seen_at = Timestamptz(null=True)
-    last_seen_ip = Text(null=True)
-    agent_version = Text(null=True)
-    firmware_provider = Text(null=True)  # None: the boot provider's kind, when it also updates firmware
-    firmware_config_json = Text(null=True)  # None: the boot config
+    last_seen_at = Timestamptz(null=True, default=None)
+    last_seen_ip = Text(null=True, default=None)
+    agent_version = Text(null=True, default=None)
+    firmware_provider = Text(null=True, default=None)  # None: the boot provider's kind, when it also updates firmware
+    firmware_config_json = Text(null=True, default=None)  # None: the boot config
 
 
 class Runs(Table, tablename="runs"):
-    host_id = ForeignKey(Hosts, on_delete=OnDelete.cascade)
+    host_id = ForeignKey(Hosts, on_delete=OnDelete.cascade, null=False)
     state = Text()
     version = BigInt(default=0)
-    changed_at = Timestamptz(null=True)  # every version bump; REAL seconds on SQLite
-    result = Text(null=True)
-    failed_stage = Text(null=True)
-    reason = Text(null=True)
-    current_stage = Text(null=True)
-    retry_stage = Text(null=True)
-    next_boot_target = Text(null=True)
+    changed_at = Timestamptz(null=True, default=None)  # every version bump; REAL seconds on SQLite
+    result = Text(null=True, default=None)
+    failed_stage = Text(null=True, default=None)
+    reason = Text(null=True, default=None)
+    current_stage = Text(null=True, default=None)
+    retry_stage = Text(null=True, default=None)
+    next_boot_target = Text(null=True, default=None)
     agent_token_hash = Text()
     profile = Text(default="quick")
     non_destructive = Boolean()
-    requested_stages_json = Text(null=True)
+    requested_stages_json = Text(null=True, default=None)
     override_flags_json = Text(default="{}")
-    inventory_json = Text(null=True)
-    expected_spec_json = Text(null=True)
-    hold_ip = Text(null=True)
-    hold_expires_at = Timestamptz(null=True)
-    report_path = Text(null=True)
-    boot_message = Text(null=True)
-    agent_version = Text(null=True)
-    agent_hostname = Text(null=True)
-    agent_ip = Text(null=True)
-    actor = Text(null=True)
-    origin = Text(null=True)  # the command or API request that started the run
+    inventory_json = Text(null=True, default=None)
+    expected_spec_json = Text(null=True, default=None)
+    hold_ip = Text(null=True, default=None)
+    hold_expires_at = Timestamptz(null=True, default=None)
+    report_path = Text(null=True, default=None)
+    boot_message = Text(null=True, default=None)
+    agent_version = Text(null=True, default=None)
+    agent_hostname = Text(null=True, default=None)
+    agent_ip = Text(null=True, default=None)
+    actor = Text(null=True, default=None)
+    origin = Text(null=True, default=None)  # the command or API request that started the run
     started_at = Timestamptz()
     state_changed_at = Timestamptz()
-    hello_at = Timestamptz(null=True)
-    last_heartbeat_at = Timestamptz(null=True)
-    completed_at = Timestamptz(null=True)
-    boot_window_until = Timestamptz(null=True)
-    ipxe_served_at = Timestamptz(null=True)
-    ipxe_served_to = Text(null=True)
-    agent_boot_id = Text(null=True)
-    agent_peer = Text(null=True)
-    power_due_at = Timestamptz(null=True)
+    hello_at = Timestamptz(null=True, default=None)
+    last_heartbeat_at = Timestamptz(null=True, default=None)
+    completed_at = Timestamptz(null=True, default=None)
+    boot_window_until = Timestamptz(null=True, default=None)
+    ipxe_served_at = Timestamptz(null=True, default=None)
+    ipxe_served_to = Text(null=True, default=None)
+    agent_boot_id = Text(null=True, default=None)
+    agent_peer = Text(null=True, default=None)
+    power_due_at = Timestamptz(null=True, default=None)
 
 
 class Stages(Table, tablename="stages"):
-    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=False)
     name = Text()
     ordinal = Integer()
     state = Text(default="pending")
@@ -99,38 +101,38 @@ class Stages(Table, tablename="stages"):
     timeout_s = DoublePrecision()
     params_json = Text(default="{}")
     attempt = Integer(default=0)
-    reason = Text(null=True)
-    started_at = Timestamptz(null=True)
-    completed_at = Timestamptz(null=True)
-    summary_json = Text(null=True)
+    reason = Text(null=True, default=None)
+    started_at = Timestamptz(null=True, default=None)
+    completed_at = Timestamptz(null=True, default=None)
+    summary_json = Text(null=True, default=None)
 
 
 class SubSteps(Table, tablename="sub_steps"):
-    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=False)
     stage_name = Text()
     ordinal = Integer()
     name = Text()
     state = Text(default="pending")
-    reason = Text(null=True)
-    started_at = Timestamptz(null=True)
-    completed_at = Timestamptz(null=True)
+    reason = Text(null=True, default=None)
+    started_at = Timestamptz(null=True, default=None)
+    completed_at = Timestamptz(null=True, default=None)
     summary_json = Text(default="{}")
 
 
 class Measurements(Table, tablename="measurements"):
-    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
-    stage_id = ForeignKey(Stages, on_delete=OnDelete.set_null, null=True)
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=False)
+    stage_id = ForeignKey(Stages, on_delete=OnDelete.set_null, null=True, default=None)
     ts = Timestamptz()
     kind = Text()
     key = Text()
-    value = DoublePrecision(null=True)
-    unit = Text(null=True)
-    text = Text(null=True)
+    value = DoublePrecision(null=True, default=None)
+    unit = Text(null=True, default=None)
+    text = Text(null=True, default=None)
 
 
 class LogLines(Table, tablename="log_lines"):
-    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
-    stage = Text(null=True)
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=False)
+    stage = Text(null=True, default=None)
     ts = Timestamptz()
     level = Varchar(length=20)
     message = Text()
@@ -139,19 +141,19 @@ class LogLines(Table, tablename="log_lines"):
 class Batches(Table, tablename="batches"):
     """Primary key (run_id, stream, seq): a retried batch is stored once."""
 
-    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=False)
     stream = Text()
     seq = BigInt()
     count = Integer()
     breaches = Integer(default=0)
     received_at = Timestamptz()
-    digest = Text(null=True)  # SHA-256 of the batch's content (same seq, other content: 409)
+    digest = Text(null=True, default=None)  # SHA-256 of the batch's content (same seq, other content: 409)
 
 
 class StageResults(Table, tablename="stage_results"):
     """Primary key (run_id, stage_name, attempt): the idempotency record of /result."""
 
-    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=False)
     stage_name = Text()
     attempt = Integer()
     body_hash = Text()
@@ -160,8 +162,8 @@ class StageResults(Table, tablename="stage_results"):
 
 
 class Artifacts(Table, tablename="artifacts"):
-    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
-    stage_id = ForeignKey(Stages, on_delete=OnDelete.set_null, null=True)
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=False)
+    stage_id = ForeignKey(Stages, on_delete=OnDelete.set_null, null=True, default=None)
     kind = Text()
     path = Text()
     sha256 = Text()
@@ -171,25 +173,25 @@ class Artifacts(Table, tablename="artifacts"):
 
 
 class SpecDiffs(Table, tablename="spec_diffs"):
-    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
-    stage_name = Text(null=True)
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=False)
+    stage_name = Text(null=True, default=None)
     field = Text()
-    expected = Text(null=True)
-    actual = Text(null=True)
+    expected = Text(null=True, default=None)
+    actual = Text(null=True, default=None)
     severity = Text()
     message = Text(default="")
     ignored = Boolean(default=False)
 
 
 class Thresholds(Table, tablename="thresholds"):
-    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=False)
     ordinal = Integer()
     stage_name = Text()
     kind = Text()
     key = Text()
     op = Text()
-    threshold = DoublePrecision(null=True)
-    threshold_text = Text(null=True)
+    threshold = DoublePrecision(null=True, default=None)
+    threshold_text = Text(null=True, default=None)
     nominal = DoublePrecision(default=0.0)
     unit = Text(default="")
     severity = Text()
@@ -199,14 +201,14 @@ class Thresholds(Table, tablename="thresholds"):
 class ThresholdEvaluations(Table, tablename="threshold_evaluations"):
     """Breaches, one row per sample (passes are tallied in ``threshold_tallies``)."""
 
-    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
-    threshold_id = ForeignKey(Thresholds, on_delete=OnDelete.cascade)
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=False)
+    threshold_id = ForeignKey(Thresholds, on_delete=OnDelete.cascade, null=False)
     stage_name = Text()
     kind = Text()
     key = Text()
     ts = Timestamptz()
-    observed = DoublePrecision(null=True)
-    observed_text = Text(null=True)
+    observed = DoublePrecision(null=True, default=None)
+    observed_text = Text(null=True, default=None)
     passed = Boolean()
     severity = Text()
 
@@ -214,20 +216,20 @@ class ThresholdEvaluations(Table, tablename="threshold_evaluations"):
 class ThresholdTallies(Table, tablename="threshold_tallies"):
     """Primary key (run_id, threshold_id, stage_name, key): passes and breaches counted."""
 
-    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
-    threshold_id = ForeignKey(Thresholds, on_delete=OnDelete.cascade)
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=False)
+    threshold_id = ForeignKey(Thresholds, on_delete=OnDelete.cascade, null=False)
     stage_name = Text()
     key = Text()
     passed_count = BigInt()
     breach_count = BigInt()
-    min_observed = DoublePrecision(null=True)
-    max_observed = DoublePrecision(null=True)
+    min_observed = DoublePrecision(null=True, default=None)
+    max_observed = DoublePrecision(null=True, default=None)
     first_ts = Timestamptz()
     last_ts = Timestamptz()
 
 
 class FirmwareSnapshots(Table, tablename="firmware_snapshots"):
-    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade)
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=False)
     component = Text()
     identifier = Text()
     version = Text()
@@ -247,7 +249,7 @@ class FirmwareArtifacts(Table, tablename="firmware_artifacts"):
     targets_json = Text(default="[]")  # inventory id/name globs; [] = every item of the component
     reboot = Text(default="auto")  # auto (when the BMC says so), always, never
     notes = Text(default="")
-    created_by = Text(null=True)
+    created_by = Text(null=True, default=None)
     created_at = Timestamptz()
 
 
@@ -257,59 +259,59 @@ class FirmwarePlans(Table, tablename="firmware_plans"):
     version = BigInt(default=0)
     policy_json = Text()
     document_json = Text()  # the plan as submitted
-    reason = Text(null=True)
-    waiting = Text(null=True)  # why no host starts now (maintenance window…)
-    source_run_id = ForeignKey(Runs, on_delete=OnDelete.set_null, null=True)  # remediation of this run
-    created_by = Text(null=True)
-    approved_by = Text(null=True)
+    reason = Text(null=True, default=None)
+    waiting = Text(null=True, default=None)  # why no host starts now (maintenance window…)
+    source_run_id = ForeignKey(Runs, on_delete=OnDelete.set_null, null=True, default=None)  # remediation of this run
+    created_by = Text(null=True, default=None)
+    approved_by = Text(null=True, default=None)
     created_at = Timestamptz()
-    approved_at = Timestamptz(null=True)
-    started_at = Timestamptz(null=True)
-    completed_at = Timestamptz(null=True)
+    approved_at = Timestamptz(null=True, default=None)
+    started_at = Timestamptz(null=True, default=None)
+    completed_at = Timestamptz(null=True, default=None)
     updated_at = Timestamptz()
 
 
 class FirmwarePlanArtifacts(Table, tablename="firmware_plan_artifacts"):
     """Primary key (plan_id, ordinal): the plan's images, in install order."""
 
-    plan_id = ForeignKey(FirmwarePlans, on_delete=OnDelete.cascade)
+    plan_id = ForeignKey(FirmwarePlans, on_delete=OnDelete.cascade, null=False)
     ordinal = Integer()
-    artifact_id = ForeignKey(FirmwareArtifacts)
+    artifact_id = ForeignKey(FirmwareArtifacts, null=False)
 
 
 class FirmwareUpdates(Table, tablename="firmware_updates"):
     """One host of one plan (unique): its target priority and its update's state machine."""
 
-    plan_id = ForeignKey(FirmwarePlans, on_delete=OnDelete.cascade)
-    host_id = ForeignKey(Hosts, on_delete=OnDelete.cascade)
+    plan_id = ForeignKey(FirmwarePlans, on_delete=OnDelete.cascade, null=False)
+    host_id = ForeignKey(Hosts, on_delete=OnDelete.cascade, null=False)
     priority = Integer(default=0)
     state = Text()  # vetting_server.firmware.states.UpdateState
     version = BigInt(default=0)
-    phase = Text(null=True)  # download, install, reboot, verify
-    percent = Integer(null=True)
-    message = Text(null=True)
-    reason = Text(null=True)
+    phase = Text(null=True, default=None)  # download, install, reboot, verify
+    percent = Integer(null=True, default=None)
+    message = Text(null=True, default=None)
+    reason = Text(null=True, default=None)
     attempts = Integer(default=0)
-    retry_at = Timestamptz(null=True)
+    retry_at = Timestamptz(null=True, default=None)
     ctx_json = Text(default="{}")  # versions before/after, seconds per phase
-    image_token_hash = Text(null=True)  # SHA-256 of the URL token the BMC fetches the image with
-    vet_run_id = ForeignKey(Runs, on_delete=OnDelete.set_null, null=True)
+    image_token_hash = Text(null=True, default=None)  # SHA-256 of the URL token the BMC fetches the image with
+    vet_run_id = ForeignKey(Runs, on_delete=OnDelete.set_null, null=True, default=None)
     created_at = Timestamptz()
-    started_at = Timestamptz(null=True)
-    completed_at = Timestamptz(null=True)
+    started_at = Timestamptz(null=True, default=None)
+    completed_at = Timestamptz(null=True, default=None)
     updated_at = Timestamptz()
 
 
 class Events(Table, tablename="events"):
-    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=True)
-    host_id = ForeignKey(Hosts, on_delete=OnDelete.cascade, null=True)
+    run_id = ForeignKey(Runs, on_delete=OnDelete.cascade, null=True, default=None)
+    host_id = ForeignKey(Hosts, on_delete=OnDelete.cascade, null=True, default=None)
     ts = Timestamptz()
     level = Text()
     kind = Text()
     message = Text()
-    actor = Text(null=True)
-    data_json = Text(null=True)
-    plan_id = ForeignKey(FirmwarePlans, on_delete=OnDelete.cascade, null=True)
+    actor = Text(null=True, default=None)
+    data_json = Text(null=True, default=None)
+    plan_id = ForeignKey(FirmwarePlans, on_delete=OnDelete.cascade, null=True, default=None)
 
 
 class Settings(Table, tablename="settings"):
@@ -321,17 +323,17 @@ class Settings(Table, tablename="settings"):
 
 class Users(Table, tablename="users"):
     name = Text(unique=True)
-    password_hash = Text(null=True)  # scrypt; NULL: API tokens only
+    password_hash = Text(null=True, default=None)  # scrypt; NULL: API tokens only
     created_at = Timestamptz()
     disabled = Boolean(default=False)
 
 
 class ApiTokens(Table, tablename="api_tokens"):
-    user_id = ForeignKey(Users, on_delete=OnDelete.cascade)
+    user_id = ForeignKey(Users, on_delete=OnDelete.cascade, null=False)
     name = Text(default="")
     token_hash = Text(unique=True)  # SHA-256 of the token
     created_at = Timestamptz()
-    last_used_at = Timestamptz(null=True)
+    last_used_at = Timestamptz(null=True, default=None)
     revoked = Boolean(default=False)
 
 
@@ -339,25 +341,25 @@ class UiSessions(Table, tablename="ui_sessions"):
     """A web UI login (only the SHA-256 of the cookie's id is stored)."""
 
     token_hash = Text(unique=True)
-    user_id = ForeignKey(Users, on_delete=OnDelete.cascade)
+    user_id = ForeignKey(Users, on_delete=OnDelete.cascade, null=False)
     csrf_token = Text()
     created_at = Timestamptz()
     last_seen_at = Timestamptz()
     idle_until = Timestamptz()
     expires_at = Timestamptz()
-    client = Text(null=True)
-    user_agent = Text(null=True)
+    client = Text(null=True, default=None)
+    user_agent = Text(null=True, default=None)
 
 
 class SpecIgnores(Table, tablename="spec_ignores"):
     """An expected-spec difference ignored for a host: later runs carry it in their spec."""
 
-    host_id = ForeignKey(Hosts, on_delete=OnDelete.cascade)
+    host_id = ForeignKey(Hosts, on_delete=OnDelete.cascade, null=False)
     field = Text()
-    actual = Text(null=True)
-    expected = Text(null=True)
+    actual = Text(null=True, default=None)
+    expected = Text(null=True, default=None)
     reason = Text(default="")
-    created_by = Text(null=True)
+    created_by = Text(null=True, default=None)
     created_at = Timestamptz()
 
 
@@ -366,3 +368,6 @@ TABLES: tuple[type[Table], ...] = (
     Thresholds, ThresholdEvaluations, ThresholdTallies, FirmwareSnapshots, Events, Settings, Users, ApiTokens,
     FirmwareArtifacts, FirmwarePlans, FirmwarePlanArtifacts, FirmwareUpdates, UiSessions, SpecIgnores,
 )
+
+for _table in TABLES:
+    _table._meta.db = QUERY_ENGINE  # type: ignore[assignment]  # compiles for the connection's dialect (.orm)
