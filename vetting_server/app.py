@@ -51,6 +51,7 @@ from .boot.power import PowerControl
 from .pxe.supervisor import PxeSupervisor
 from .runs.reporting import Reporting
 from .runs.service import RunService
+from .hosts.service import HostService
 from .runtime import Runtime
 from .runs.scheduler import Scheduler
 from .settings_service import RuntimeSettings
@@ -174,6 +175,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Litestar
         registry = load_registry(blocked=settings.plugins.disable)
     rt = Runtime(settings, registry)
     rt.service = RunService(rt)
+    rt.hosts = HostService(rt)
     rt.metrics = Metrics(rt)
     rt.ingest = Ingest(rt)
     rt.scheduler = Scheduler(rt)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # the services import this module: their types only, no impor
     from .boot.power import PowerControl
     from .firmware.runner import CampaignRunner
     from .firmware.store import FirmwareStore
+    from .hosts.service import HostService
     from .ingest.writer import Ingest
     from .metrics import Metrics
     from .peers import PeerService
@@ -171,6 +172,7 @@ class Runtime:
         self.ingest: Ingest | None = None
         self.metrics: Metrics | None = None  # GET /metrics
         self.service: RunService | None = None
+        self.hosts: HostService | None = None
         self.reporting: Reporting | None = None
         self.scheduler: Scheduler | None = None
         self.peers: PeerService | None = None

@@ -18,18 +18,16 @@ from vetting_core import __version__
 from vetting_core.cmdline import MAX_LENGTH
 from vetting_core.model import INT64_MAX
 from vetting_core.text import printable
-from vetting_core.statemachine import ACTIVE, BUSY, RunState, sql_states
+from vetting_core.statemachine import BUSY, sql_states
 
 from ..runs.artifacts import hold_dir, stored_file
 from .auth import operator, operator_guard, runtime
-from ..db.database import UniqueViolation, as_dt, utcnow
+from ..db.database import as_dt, utcnow
 from ..errors import ApiError, conflict, not_found
 from ..edge.fastbody import FastBody
 from .limits import PathId, QueryId
-from .hosts import FieldError, normalize_mac, parse_host_spec, validate_boot, validate_name
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..db.migrate import current_version
-from ..runs.service import jdump
 from ..schemas import (
     ActionRequest,
     EventOut,
@@ -54,17 +52,6 @@ RUN_ORDER = {
     "id": "r.id", "started_at": "r.started_at", "state": "r.state", "host": "h.name", "profile": "r.profile",
     "completed_at": "r.completed_at", "state_changed_at": "r.state_changed_at",
 }
-
-
-def _field_error(exc: FieldError) -> ApiError:
-    return ApiError(422, str(exc), {"field": exc.field})
-
-
-async def _host(request: Request, host_id: int) -> dict[str, Any]:
-    row = await runtime(request).db.fetchrow("SELECT * FROM hosts WHERE id = $1", host_id)
-    if row is None:
-        raise not_found(f"host {host_id} not found")
-    return row
 
 
 async def _run_row(request: Request, run_id: int) -> dict[str, Any]:
@@ -122,6 +109,8 @@ class SystemController(Controller):
 
 
 class HostController(Controller):
+    """``/api/v1/hosts``: the HTTP face of :class:`..hosts.service.HostService`."""
+
     guards = [operator_guard]
     path = "/api/v1/hosts"
     tags = ["hosts"]
@@ -130,133 +119,46 @@ class HostController(Controller):
     async def list_hosts(self, request: Request, limit: int = Parameter(default=100, ge=1, le=1000),
                          offset: int = Parameter(default=0, ge=0, le=INT64_MAX)) -> Page[HostOut]:
         await operator(request)
-        db = runtime(request).db
-        rows = await db.fetch("SELECT * FROM hosts ORDER BY name LIMIT $1 OFFSET $2", limit, offset)
-        total = await db.fetchval("SELECT count(*) FROM hosts")
-        return Page(items=[host_out(r) for r in rows], total=int(total), limit=limit, offset=offset)
+        rows, total = await runtime(request).hosts.page(limit, offset)
+        return Page(items=[host_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
     @post("", status_code=201, summary="Register a host (the reply shows its host-mode agent token once)",
           dto=FastBody[HostCreate], return_dto=None)
     async def create_host(self, request: Request, data: JSONBody[HostCreate]) -> HostOut:
         user = await operator(request)
-        rt = runtime(request)
-        try:
-            name = validate_name(data.name)
-            mac = normalize_mac(data.mac)
-            parse_host_spec(data.expected_spec_yaml)
-            validate_boot(rt.registry, data.boot_provider, data.boot_config)
-        except FieldError as exc:
-            raise _field_error(exc) from None
-        token = new_token("vh_")
-        now = utcnow()
-        try:
-            async with rt.unit() as u:
-                host_id = await u.tx.fetchval(
-                    "INSERT INTO hosts (name, mac, boot_provider, boot_config_json, expected_spec_yaml, notes, agent_token_hash, "
-                    "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",
-                    name, mac, data.boot_provider, jdump(data.boot_config), data.expected_spec_yaml, data.notes[:10000],
-                    token_hash(token), now,
-                )
-                await u.event("audit.host_created", f"host {name} ({mac}) registered by {user['name']}",
-                              host_id=int(host_id), actor=user["name"], data={"boot_provider": data.boot_provider})
-        except UniqueViolation:
-            await _unique(rt, name, mac)
-            raise
-        await rt.pxe.refresh()  # the MAC allowlist of the PXE server
-        return host_out(await _host(request, int(host_id)), agent_token=token)
+        host, token = await runtime(request).hosts.create(data, user["name"])
+        return host_out(host, agent_token=token)
 
     @get("/{host_id:int}", summary="One host")
     async def get_host(self, request: Request, host_id: PathId) -> HostOut:
         await operator(request)
-        return host_out(await _host(request, host_id))
+        return host_out(await runtime(request).hosts.get(host_id))
 
     @patch("/{host_id:int}", summary="Change a host", dto=FastBody[HostUpdate], return_dto=None)
     async def update_host(self, request: Request, host_id: PathId, data: JSONBody[HostUpdate]) -> HostOut:
         user = await operator(request)
-        rt = runtime(request)
-        old = await _host(request, host_id)
-        fields: dict[str, Any] = {}
-        try:
-            if data.name is not None:
-                fields["name"] = validate_name(data.name)
-            if data.mac is not None:
-                fields["mac"] = normalize_mac(data.mac)
-            if data.expected_spec_yaml is not None:
-                parse_host_spec(data.expected_spec_yaml)
-                fields["expected_spec_yaml"] = data.expected_spec_yaml
-            if data.notes is not None:
-                fields["notes"] = data.notes[:10000]
-            if data.boot_provider is not None or data.boot_config is not None:
-                provider = data.boot_provider or old["boot_provider"]
-                config = data.boot_config if data.boot_config is not None else msgspec.json.decode(old["boot_config_json"])
-                validate_boot(rt.registry, provider, config)
-                fields["boot_provider"] = provider
-                fields["boot_config_json"] = jdump(config)
-        except FieldError as exc:
-            raise _field_error(exc) from None
-        if fields:
-            fields["updated_at"] = utcnow()
-            cols = list(fields)
-            try:
-                async with rt.unit() as u:
-                    await u.tx.execute(
-                        f"UPDATE hosts SET {', '.join(f'{c} = ${i + 2}' for i, c in enumerate(cols))} WHERE id = $1",
-                        host_id, *[fields[c] for c in cols],
-                    )
-                    changed = [c.removesuffix("_json") for c in cols if c != "updated_at"]
-                    await u.event("audit.host_changed", f"host {old['name']} changed by {user['name']}: {', '.join(changed)}",
-                                  host_id=host_id, actor=user["name"], data={"changed": changed})
-            except UniqueViolation:
-                await _unique(rt, fields.get("name"), fields.get("mac"), exclude=host_id)
-                raise
-            if "mac" in fields:
-                await rt.pxe.refresh()
-        return host_out(await _host(request, host_id))
+        return host_out(await runtime(request).hosts.update(host_id, data, user["name"]))
 
     @delete("/{host_id:int}", status_code=204, summary="Delete a host and its run history")
     async def delete_host(self, request: Request, host_id: PathId) -> None:
         user = await operator(request)
-        rt = runtime(request)
-        host = await _host(request, host_id)
-        active = await rt.db.fetchval(
-            f"SELECT count(*) FROM runs WHERE host_id = $1 AND state IN {sql_states(ACTIVE - {RunState.Registered})}",
-            host_id,
-        )
-        if active:
-            raise conflict(f"host {host['name']} has a run in progress; cancel it first")
-        async with rt.unit() as u:
-            await u.tx.execute("DELETE FROM hosts WHERE id = $1", host_id)
-            await u.event("audit.host_deleted", f"host {host['name']} ({host['mac']}) deleted by {user['name']}",
-                          actor=user["name"], data={"host_id": host_id, "name": host["name"], "mac": host["mac"]})
-        await rt.pxe.refresh()
+        await runtime(request).hosts.delete(host_id, user["name"])
 
     @post("/{host_id:int}/agent-token", status_code=201, summary="Issue a new host-mode agent token")
     async def rotate_token(self, request: Request, host_id: PathId) -> HostOut:
         user = await operator(request)
-        rt = runtime(request)
-        host = await _host(request, host_id)
-        token = new_token("vh_")
-        async with rt.unit() as u:
-            await u.tx.execute("UPDATE hosts SET agent_token_hash = $2, updated_at = $3 WHERE id = $1", host_id, token_hash(token), utcnow())
-            await u.event("audit.host_token", f"host agent token of {host['name']} replaced by {user['name']}", host_id=host_id, actor=user["name"])
-        return host_out(await _host(request, host_id), agent_token=token)
+        host, token = await runtime(request).hosts.rotate_token(host_id, user["name"])
+        return host_out(host, agent_token=token)
 
     @get("/{host_id:int}/events", summary="A host's history: operator actions and run events")
     async def host_events(self, request: Request, host_id: PathId, limit: int = Parameter(default=200, ge=1, le=1000),
                           after: int = Parameter(default=0, ge=0, le=INT64_MAX)) -> list[EventOut]:
         await operator(request)
-        await _host(request, host_id)
+        await runtime(request).hosts.get(host_id)
         rows = await runtime(request).db.fetch(
             "SELECT * FROM events WHERE host_id = $1 AND id > $2 ORDER BY id LIMIT $3", host_id, after, limit
         )
         return [event_out(r) for r in rows]
-
-
-async def _unique(rt: Any, name: str | None, mac: str | None, exclude: int = 0) -> None:
-    if name and await rt.db.fetchval("SELECT id FROM hosts WHERE name = $1 AND id <> $2", name, exclude):
-        raise ApiError(409, f"name: a host named {name!r} already exists", {"field": "name"})
-    if mac and await rt.db.fetchval("SELECT id FROM hosts WHERE mac = $1 AND id <> $2", mac, exclude):
-        raise ApiError(409, f"mac: a host with MAC {mac} already exists", {"field": "mac"})
 
 
 class RunController(Controller):
@@ -276,10 +178,7 @@ class RunController(Controller):
         by_id = data.host_id is not msgspec.UNSET
         if by_id == (data.host is not msgspec.UNSET):
             raise ApiError(422, "host_id: give exactly one of host_id and host (a host name)", {"field": "host_id"})
-        if by_id:
-            host = await rt.db.fetchrow("SELECT * FROM hosts WHERE id = $1", data.host_id)
-        else:
-            host = await rt.db.fetchrow("SELECT * FROM hosts WHERE name = $1", data.host)
+        host = await rt.hosts.find(host_id=data.host_id) if by_id else await rt.hosts.find(name=data.host)
         if host is None:
             ref = data.host_id if by_id else data.host
             raise ApiError(422, f"host_id: no such host ({ref})", {"field": "host_id"})

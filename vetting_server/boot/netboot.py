@@ -32,7 +32,7 @@ from vetting_core.protocol import KERNEL_PARAM_RUN, KERNEL_PARAM_SERVER, KERNEL_
 
 from ..db.database import utcnow
 from ..errors import ApiError, conflict, forbidden, not_found
-from ..api.hosts import FieldError, normalize_mac
+from ..hosts.rules import FieldError, normalize_mac
 from ..runtime import Runtime
 from ..runs.tokens import issue_run_token
 

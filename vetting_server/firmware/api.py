@@ -24,11 +24,11 @@ from vetting_core.boot import BootError
 from vetting_core.model import INT64_MAX
 
 from ..api.auth import operator, operator_guard, runtime
-from ..db.database import as_dt, utcnow
+from ..db.database import as_dt
 from ..errors import ApiError, not_found, unprocessable
 from ..edge.fastbody import FastBody
 from ..api.limits import PathId
-from ..runs.service import jdump, jload
+from ..runs.service import jload
 from ..schemas import EventOut
 from ..api.views import event_out
 from .plans import PlanDocument, PlanError, check_plan
@@ -80,13 +80,6 @@ async def plan_detail(rt: Any, plan_id: int) -> PlanDetail:
     p = await store.plan(plan_id)
     return PlanDetail(plan=await plan_out(rt, p), artifacts=[artifact_out(a) for a in await store.plan_artifacts(plan_id)],
                       updates=[update_out(u) for u in await store.updates(plan_id)])
-
-
-async def _host(rt: Any, host_id: int) -> dict[str, Any]:
-    row = await rt.db.fetchrow("SELECT * FROM hosts WHERE id = $1", host_id)
-    if row is None:
-        raise not_found(f"host {host_id} not found")
-    return row
 
 
 class FirmwareArtifactController(Controller):
@@ -193,7 +186,7 @@ class FirmwareController(Controller):
     async def set_provider(self, request: Request, host_id: PathId, data: JSONBody[ProviderSet]) -> HostFirmwareOut:
         user = await operator(request)
         rt = runtime(request)
-        host = await _host(rt, host_id)
+        host = await rt.hosts.get(host_id)
         if data.kind is not None:
             spec = rt.registry.firmware_providers.get(data.kind)
             if spec is None:
@@ -204,18 +197,14 @@ class FirmwareController(Controller):
                     msgspec.convert(data.config, spec.config_type)
                 except msgspec.ValidationError as exc:
                     raise unprocessable("config", str(exc)) from None
-        async with rt.unit() as u:
-            await u.tx.execute("UPDATE hosts SET firmware_provider = $2, firmware_config_json = $3, updated_at = $4 WHERE id = $1",
-                               host_id, data.kind, jdump(data.config) if data.kind else None, utcnow())
-            await u.event("audit.host_firmware_provider", f"firmware provider of {host['name']} set to "
-                          f"{data.kind or 'its boot provider'} by {user['name']}", host_id=host_id, actor=user["name"])
-        return _host_firmware(rt, await _host(rt, host_id), [])
+        host = await rt.hosts.set_firmware_provider(host, data.kind, data.config, user["name"])
+        return _host_firmware(rt, host, [])
 
     @get("/hosts/{host_id:int}/inventory", summary="Read a host's firmware inventory from its BMC now")
     async def inventory(self, request: Request, host_id: PathId) -> HostFirmwareOut:
         await operator(request)
         rt = runtime(request)
-        host = await _host(rt, host_id)
+        host = await rt.hosts.get(host_id)
         try:
             provider = rt.firmware.provider(host)
         except ValueError as exc:

@@ -34,7 +34,7 @@ from vetting_core.thresholds import ThresholdEngine
 
 from ..db.database import iso, update_unchanged, utcnow
 from ..errors import ApiError
-from ..api.hosts import FieldError, parse_host_spec
+from ..hosts.rules import FieldError, parse_host_spec
 from ..boot.power import KEEP, power_due
 from ..runtime import Runtime, Unit
 from .retry import TransitionConflict

@@ -1,13 +1,13 @@
-"""The browser's actions through the operator API's own handlers: one copy of each rule.
+"""The browser's actions through the same code as the operator API's: one copy of each rule.
 
-Registering a host, changing its spec, starting a run, cancel/retry/override/release and
-the report and hold-key downloads are the API's handlers called in-process, with the
-session's operator where the API token's would be (:func:`.auth.ui_guard` sets
-``request.state.operator_user``). The validation, the conflict checks, the audit events
-and the PXE allowlist refresh are therefore exactly the API's; errors arrive as the same
-:class:`~vetting_server.errors.ApiError` (``extra.field`` names the field), which the
-pages show beside that field. This module is the one seam to move when the handlers'
-bodies become a service layer (issue 20).
+Registering a host and changing its spec go through the host service
+(:class:`~vetting_server.hosts.service.HostService`) as the API's handlers do; starting
+a run, cancel/retry/override/release and the report and hold-key downloads are the API's
+handlers called in-process, with the session's operator where the API token's would be
+(:func:`.auth.ui_guard` sets ``request.state.operator_user``). The validation, the
+conflict checks, the audit events and the PXE allowlist refresh are therefore exactly the
+API's; errors arrive as the same :class:`~vetting_server.errors.ApiError`
+(``extra.field`` names the field), which the pages show beside that field.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any
 
 from litestar import Request
 
-from ..api.operator import HostController, RunController
+from ..api.auth import operator
+from ..api.operator import RunController
+from ..api.views import host_out
 from ..schemas import ActionRequest, HostCreate, HostOut, HostUpdate, OverrideRequest, RunCreated, RunOut, RunStart
 
 class _Controller:
@@ -30,11 +32,12 @@ ACTIONS = {"cancel": RunController.cancel, "retry-stage": RunController.retry_st
 
 
 async def register_host(request: Request, body: HostCreate) -> HostOut:
-    return await HostController.create_host.fn(_SELF, request, body)
+    host, token = await request.app.state.rt.hosts.create(body, (await operator(request))["name"])
+    return host_out(host, agent_token=token)
 
 
 async def update_host(request: Request, host_id: int, body: HostUpdate) -> HostOut:
-    return await HostController.update_host.fn(_SELF, request, host_id, body)
+    return host_out(await request.app.state.rt.hosts.update(host_id, body, (await operator(request))["name"]))
 
 
 async def start_run(request: Request, body: RunStart) -> RunCreated:

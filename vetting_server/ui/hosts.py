@@ -17,7 +17,7 @@ from litestar.response import Redirect, Template
 
 from vetting_core.safeyaml import YamlError, load_yaml
 
-from ..errors import ApiError, not_found
+from ..errors import ApiError
 from ..api.limits import PathId
 from ..runs.service import jload
 from ..settings_service import profile_names
@@ -36,13 +36,6 @@ def field_errors(exc: ApiError, default: str) -> dict[str, str]:
     field = exc.extra.get("field") if isinstance(exc.extra, dict) else None
     field = field if field in (*HOST_FIELDS, "profile", "stages", "host_id") else default
     return {field: exc.detail.removeprefix(f"{field}: ")}
-
-
-async def host_row(rt: Any, host_id: int) -> dict[str, Any]:
-    row = await rt.db.fetchrow("SELECT * FROM hosts WHERE id = $1", host_id)
-    if row is None:
-        raise not_found(f"host {host_id} not found")
-    return row
 
 
 def _boot_config(text: str) -> dict[str, Any]:
@@ -93,10 +86,10 @@ class HostController(Controller):
     async def _page(self, request: Request, host_id: int, *, agent_token: str | None = None, status: int = 200,
                     run_errors: dict[str, str] | None = None) -> Template:
         rt = request.app.state.rt
-        host = host_out(await host_row(rt, host_id))
+        host = host_out(await rt.hosts.get(host_id))
         inv = await queries.inventories(rt.db, host_id)
         diff = inventory_diff(jload(inv[1]["inventory_json"]), jload(inv[0]["inventory_json"])) if len(inv) == 2 else None
-        ignores = await rt.db.fetch("SELECT * FROM spec_ignores WHERE host_id = $1 ORDER BY id", host_id)
+        ignores = await rt.hosts.ignores(host_id)
         return page(
             request, "host.html.j2", status_code=status, host=host, agent_token=agent_token,
             runs=await queries.host_runs(rt.db, host_id), inventory_diff=diff, inventory_runs=inv, ignores=ignores,
@@ -107,12 +100,12 @@ class HostController(Controller):
     # ------------------------------------------------------------------ expected spec, in place
     @get("/ui/hosts/{host_id:int}/spec")
     async def spec_view(self, request: Request, host_id: PathId) -> Template:
-        host = host_out(await host_row(request.app.state.rt, host_id))
+        host = host_out(await request.app.state.rt.hosts.get(host_id))
         return page(request, "_spec_view.html.j2", host=host)
 
     @get("/ui/hosts/{host_id:int}/spec/edit")
     async def spec_edit(self, request: Request, host_id: PathId) -> Template:
-        host = host_out(await host_row(request.app.state.rt, host_id))
+        host = host_out(await request.app.state.rt.hosts.get(host_id))
         return page(request, "_spec_edit.html.j2", host=host, text=host.expected_spec_yaml, error=None)
 
     @post("/hosts/{host_id:int}/spec")
@@ -123,7 +116,7 @@ class HostController(Controller):
         except ApiError as exc:
             if exc.status_code != 422:
                 raise
-            host = host_out(await host_row(request.app.state.rt, host_id))
+            host = host_out(await request.app.state.rt.hosts.get(host_id))
             error = field_errors(exc, "expected_spec_yaml").get("expected_spec_yaml", exc.detail)
             return page(request, "_spec_edit.html.j2", status_code=422, host=host, text=text, error=error)
         if is_htmx(request):
@@ -150,13 +143,6 @@ class HostController(Controller):
     async def unignore(self, request: Request, host_id: PathId, ignore_id: PathId) -> Response:
         rt = request.app.state.rt
         user = request.state.ui_session.user
-        row = await rt.db.fetchrow("SELECT * FROM spec_ignores WHERE id = $1 AND host_id = $2", ignore_id, host_id)
-        if row is None:
-            raise not_found(f"host {host_id} has no ignored difference {ignore_id}")
-        host = await host_row(rt, host_id)
-        async with rt.unit() as u:
-            await u.tx.execute("DELETE FROM spec_ignores WHERE id = $1", ignore_id)
-            await u.event("audit.spec_unignored", f"{row['field']} is checked again on {host['name']} ({user})",
-                          host_id=host_id, actor=user, data={"field": row["field"], "actual": row["actual"]})
+        await rt.hosts.unignore(host_id, ignore_id, user)
         return Redirect(path=f"/hosts/{host_id}", status_code=303)
 

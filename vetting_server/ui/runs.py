@@ -27,7 +27,6 @@ from litestar.response import Redirect, Template
 
 from vetting_core.statemachine import ACTIVE, ENDED, FAILED
 
-from ..db.database import utcnow
 from ..errors import ApiError, conflict, not_found
 from ..api.limits import PathId
 from ..runs.service import jload
@@ -165,28 +164,7 @@ class RunPageController(Controller):
         rt = request.app.state.rt
         user = request.state.ui_session.user
         reason = str((await request.form()).get("reason", ""))[:2000]
-        diff = await rt.db.fetchrow(
-            "SELECT d.*, r.host_id, h.name AS host_name FROM spec_diffs d JOIN runs r ON r.id = d.run_id "
-            "JOIN hosts h ON h.id = r.host_id WHERE d.id = $1 AND d.run_id = $2", diff_id, run_id)
-        if diff is None:
-            raise not_found(f"run {run_id} has no spec difference {diff_id}")
-        host_id = int(diff["host_id"])
-        async with rt.unit() as u:
-            known = await u.tx.fetchval(
-                "SELECT id FROM spec_ignores WHERE host_id = $1 AND field = $2 AND (actual = $3 OR actual IS NULL)",
-                host_id, diff["field"], diff["actual"])
-            if known is None:
-                await u.tx.execute(
-                    "INSERT INTO spec_ignores (host_id, field, actual, expected, reason, created_by, created_at) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    host_id, diff["field"], diff["actual"], diff["expected"], reason, user, utcnow())
-            await u.tx.execute("UPDATE spec_diffs SET ignored = $2 WHERE id = $1", diff_id, True)
-            await u.event(
-                "audit.spec_ignored",
-                f"{diff['field']} (expected {diff['expected']}, found {diff['actual']}) ignored for {diff['host_name']} "
-                f"by {user}" + (f": {reason}" if reason else ""),
-                run_id=run_id, host_id=host_id, actor=user,
-                data={"field": diff["field"], "expected": diff["expected"], "actual": diff["actual"], "reason": reason})
+        await rt.hosts.ignore_difference(run_id, diff_id, reason, user)
         return Redirect(path=f"/runs/{run_id}#diffs", status_code=303)
 
     # ------------------------------------------------------------------ files
