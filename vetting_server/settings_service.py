@@ -28,6 +28,8 @@ import structlog
 from vetting_core.config import RUNTIME_KEYS, ConfigError, Settings, settings_from_dict
 from vetting_core.safeyaml import YamlError, load_yaml
 
+from .db import orm
+from .db.tables import Settings as SettingsTable
 from .runtime import Runtime
 
 log = structlog.get_logger()
@@ -103,7 +105,7 @@ class RuntimeSettings:
     # ------------------------------------------------------------------ load
     async def load(self) -> None:
         """Read the stored overrides and put in force those that are allowed and valid."""
-        rows = await self.rt.db.fetch("SELECT key, value FROM settings")
+        rows = await orm.rows(self.rt.db, SettingsTable.select(SettingsTable.key, SettingsTable.value))
         stored = {r["key"]: r["value"] for r in rows if r["key"] in RUNTIME_KEYS}
         if stored == self._stored:
             return
@@ -156,10 +158,7 @@ class RuntimeSettings:
         old = self.value(key)
         text = msgspec.json.encode(value).decode()
         async with self.rt.unit() as u:
-            await u.tx.execute(
-                "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                key, text,
-            )
+            await orm.upsert(u.tx, SettingsTable, SettingsTable.key, key=key, value=text)
             await u.event("audit.setting_changed", f"setting {key} changed by {actor}", actor=actor,
                           data={"key": key, "old": old, "new": value})
         self.overrides = {**self.overrides, key: value}
@@ -173,7 +172,7 @@ class RuntimeSettings:
         settings = self.build(overrides)
         old = self.value(key)
         async with self.rt.unit() as u:
-            await u.tx.execute("DELETE FROM settings WHERE key = $1", key)
+            await orm.run(u.tx, SettingsTable.delete().where(SettingsTable.key == key))
             await u.event("audit.setting_reset", f"setting {key} reset to the configuration file's value by {actor}",
                           actor=actor, data={"key": key, "old": old, "new": self.file_value(key)})
         self.overrides = overrides

@@ -11,13 +11,14 @@ import hmac
 import time
 from typing import Any
 
-from ..db.database import utcnow
-from ..errors import forbidden, unauthorized
-from .limits import check_path_id
 from vetting_core.statemachine import ENDED
 
+from .. import accounts
+from ..db.database import utcnow
+from ..errors import forbidden, unauthorized
 from ..runtime import AUDIT_SOURCE, HEARTBEAT_GRACE_S, RunAuth, Runtime
 from ..security import token_hash
+from .limits import check_path_id
 
 OPERATOR_CACHE_S = 5.0
 
@@ -123,14 +124,7 @@ async def _operator(request: Any) -> dict[str, Any]:
     now = time.monotonic()
     hit = rt.operator_tokens.get(h)
     if hit is None or now - hit[0] > OPERATOR_CACHE_S:
-        row = await rt.db.fetchrow(
-            "SELECT t.id AS token_id, t.revoked, u.id, u.name, u.disabled FROM api_tokens t "
-            "JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
-            h,
-        )
-        user = None
-        if row is not None and not row["revoked"] and not row["disabled"]:
-            user = {"id": int(row["id"]), "name": row["name"], "token_id": int(row["token_id"])}
+        user = await accounts.token_operator(rt.db, h)
         if len(rt.operator_tokens) > 10000:
             rt.operator_tokens.clear()
         rt.operator_tokens[h] = hit = (now, user)
@@ -140,7 +134,7 @@ async def _operator(request: Any) -> dict[str, Any]:
     if user["token_id"] not in rt.token_use_logged:
         rt.token_use_logged.add(user["token_id"])
         async with rt.unit() as u:
-            await u.tx.execute("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1", user["token_id"], utcnow())
+            await accounts.token_used(u.tx, user["token_id"])
             await u.event("audit.token_used", f"API token {user['token_id']} of {user['name']} used", actor=user["name"],
                           data={"token_id": user["token_id"], "client": request.client.host if request.client else None})
     return user

@@ -33,6 +33,7 @@ import anyio.to_thread
 
 from vetting_core.config import LoginSettings
 
+from .. import accounts
 from ..errors import ApiError, unauthorized
 from ..security import hash_password, verify_password
 
@@ -101,15 +102,14 @@ class LoginGuard:
         or password, after the same work either way. The API's login and the web UI's."""
         key = name[:64]
         self.begin(key, source)  # 429 while backing off
-        user = await db.fetchrow("SELECT * FROM users WHERE name = $1", name)
+        user = await accounts.user_by_name(db, name)
         ok, rehash = await self.verify(password, None if user is None or user["disabled"] else user["password_hash"])
         if not ok:
             await self.failed(key, source, spawn)
             raise unauthorized("wrong user name or password")
         self.succeeded(key, source)
         if rehash:  # an older hash (scrypt): replaced now that the password is at hand
-            await db.execute("UPDATE users SET password_hash = $2 WHERE id = $1 AND password_hash = $3",
-                             int(user["id"]), await self.rehash(password), user["password_hash"])
+            await accounts.replace_password(db, int(user["id"]), user["password_hash"], await self.rehash(password))
         return user
 
     # ------------------------------------------------------------------ hashing

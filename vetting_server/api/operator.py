@@ -95,15 +95,14 @@ class SystemController(Controller):
     @post("/api/v1/auth/token", status_code=201, summary="Log in with a password; returns a new API token",
           dto=FastBody[LoginRequest], return_dto=None, opt={"rate_limited": True})
     async def login(self, request: Request, data: JSONBody[LoginRequest]) -> TokenReply:
+        from .. import accounts
+
         rt = runtime(request)
         source = request.client.host if request.client else "unknown"
         user = await rt.login.authenticate(rt.db, data.username, data.password, source, rt.spawn)
         token = new_token("vo_")
         async with rt.unit() as u:
-            await u.tx.execute(
-                "INSERT INTO api_tokens (user_id, name, token_hash, created_at, revoked) VALUES ($1, $2, $3, $4, $5)",
-                int(user["id"]), data.token_name[:100], token_hash(token), utcnow(), False,
-            )
+            await accounts.create_token(u.tx, int(user["id"]), data.token_name[:100], token_hash(token))
             await u.event("audit.login", f"{user['name']} logged in (new token {data.token_name[:100]!r})", actor=user["name"])
         return TokenReply(token=token, user=user["name"], name=data.token_name[:100])
 

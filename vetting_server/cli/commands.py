@@ -31,8 +31,6 @@ from .output import _cell, _json, _pairs, _table
 from .watch import _print_detail
 
 
-
-
 def _configure_logging(level: str = "info", fmt: str = "console") -> None:
     import logging
 
@@ -162,20 +160,6 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     return _with_db(args, fn)
 
 
-async def _ensure_user(db: Any, name: str, password_hash: str | None) -> tuple[int, bool]:
-    from ..db.database import utcnow
-
-    row = await db.fetchrow("SELECT id FROM users WHERE name = $1", name)
-    if row is not None:
-        return int(row["id"]), False
-    async with db.transaction() as tx:
-        uid = await tx.fetchval(
-            "INSERT INTO users (name, password_hash, created_at, disabled) VALUES ($1, $2, $3, $4) RETURNING id",
-            name, password_hash, utcnow(), False,
-        )
-    return int(uid), True
-
-
 def _read_password(args: argparse.Namespace) -> str:
     try:
         if args.password_stdin or not sys.stdin.isatty():
@@ -202,16 +186,16 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
     pw_hash = hash_password(_read_password(args))
 
     async def fn(db: Any, applied: list[str]) -> int:
-        row = await db.fetchrow("SELECT id FROM users WHERE name = $1", args.user)
+        # imported once the database is open: a missing PostgreSQL driver is reported there
+        from .. import accounts
+
+        row = await accounts.user_by_name(db, args.user)
         async with db.transaction() as tx:
             if row is None:
-                await tx.execute(
-                    "INSERT INTO users (name, password_hash, created_at, disabled) VALUES ($1, $2, $3, $4)",
-                    args.user, pw_hash, utcnow(), False,
-                )
+                await accounts.create_user(tx, args.user, pw_hash)
                 what = "created"
             else:
-                await tx.execute("UPDATE users SET password_hash = $2 WHERE id = $1", int(row["id"]), pw_hash)
+                await accounts.set_password(tx, int(row["id"]), pw_hash)
                 what = "password changed"
             await tx.execute(
                 "INSERT INTO events (ts, level, kind, message, actor) VALUES ($1, 'info', 'audit.admin', $2, $3)",
@@ -230,12 +214,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     token = new_token("vo_")
 
     async def fn(db: Any, applied: list[str]) -> int:
-        uid, created = await _ensure_user(db, args.user, None)
+        # imported once the database is open: a missing PostgreSQL driver is reported there
+        from .. import accounts
+
+        uid, created = await accounts.ensure_user(db, args.user, None)
         async with db.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO api_tokens (user_id, name, token_hash, created_at, revoked) VALUES ($1, $2, $3, $4, $5)",
-                uid, args.name, token_hash(token), utcnow(), False,
-            )
+            await accounts.create_token(tx, uid, args.name, token_hash(token))
             await tx.execute(
                 "INSERT INTO events (ts, level, kind, message, actor) VALUES ($1, 'info', 'audit.token_created', $2, $3)",
                 utcnow(), f"API token {args.name!r} created for {args.user} from the command line", args.user,

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from piccolo.columns import Column
 from piccolo.query.base import Query
 from piccolo.table import Table
 
@@ -98,6 +99,16 @@ async def insert(conn: Any, table: type[Table], **values: Any) -> int:
     with _compiling(conn.dialect):
         query = table.insert(table(**values)).returning(table._meta.primary_key)
     return int(await value(conn, query))
+
+
+async def upsert(conn: Any, table: type[Table], target: Column, **values: Any) -> None:
+    """Insert one row of ``table``, or update the other named columns of the row whose
+    ``target`` (a unique column) has the same value: ``INSERT … ON CONFLICT … DO UPDATE``.
+    Built here because ``on_conflict`` asks the dialect while it is called."""
+    others = [getattr(table, name) for name in values if name != target._meta.name]
+    with _compiling(conn.dialect):
+        query = table.insert(table(**values)).on_conflict(target=target, action="DO UPDATE", values=others)
+    await rows(conn, query)  # read: Piccolo adds RETURNING
 
 
 async def run(conn: Any, query: Query) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 from litestar.datastructures import Cookie
 
+from .. import accounts
 from ..db.database import as_dt, utcnow
 from ..runtime import Runtime
 from ..security import new_token, token_hash
@@ -68,11 +69,10 @@ class SessionStore:
         idle_until, expires_at = now + min(self.idle, self.absolute), now + self.absolute
         async with self.rt.unit() as u:
             # the expired sessions of everyone go with each login: the table stays small
-            await u.tx.execute("DELETE FROM ui_sessions WHERE expires_at < $1 OR idle_until < $1", now)
-            sid = await u.tx.fetchval(
-                "INSERT INTO ui_sessions (token_hash, user_id, csrf_token, created_at, last_seen_at, idle_until, expires_at, "
-                "client, user_agent) VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8) RETURNING id",
-                token_hash(token), int(user["id"]), csrf, now, idle_until, expires_at, client, (user_agent or "")[:300],
+            await accounts.drop_expired_sessions(u.tx, now)
+            sid = await accounts.create_session(
+                u.tx, token_hash=token_hash(token), user_id=int(user["id"]), csrf=csrf, now=now, idle_until=idle_until,
+                expires_at=expires_at, client=client, user_agent=(user_agent or "")[:300],
             )
             await u.event("audit.ui_login", f"{user['name']} logged in to the web UI", actor=user["name"],
                           data={"session": int(sid)})
@@ -82,11 +82,7 @@ class SessionStore:
         """The live session of a cookie value, or None (absent, unknown, expired, disabled)."""
         if not token or len(token) > 100:
             return None
-        row = await self.rt.db.fetchrow(
-            "SELECT s.id, s.user_id, s.csrf_token, s.created_at, s.last_seen_at, s.idle_until, s.expires_at, "
-            "u.name, u.disabled FROM ui_sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1",
-            token_hash(token),
-        )
+        row = await accounts.session_by_token(self.rt.db, token_hash(token))
         if row is None or row["disabled"]:
             return None
         now = utcnow()
@@ -95,14 +91,12 @@ class SessionStore:
             return None
         if (now - as_dt(row["last_seen_at"])).total_seconds() >= TOUCH_S:
             idle_until = min(now + self.idle, expires_at)
-            await self.rt.db.execute(
-                "UPDATE ui_sessions SET last_seen_at = $2, idle_until = $3 WHERE id = $1", int(row["id"]), now, idle_until
-            )
+            await accounts.touch_session(self.rt.db, int(row["id"]), now, idle_until)
         return Session(int(row["id"]), int(row["user_id"]), row["name"], row["csrf_token"], as_dt(row["created_at"]),
                        idle_until, expires_at)
 
     async def end(self, session: Session) -> None:
         async with self.rt.unit() as u:
-            await u.tx.execute("DELETE FROM ui_sessions WHERE id = $1", session.id)
+            await accounts.delete_session(u.tx, session.id)
             await u.event("audit.ui_logout", f"{session.user} logged out of the web UI", actor=session.user,
                           data={"session": session.id})
