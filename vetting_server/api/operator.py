@@ -20,6 +20,7 @@ from vetting_core.model import INT64_MAX
 from vetting_core.text import printable
 from vetting_core.statemachine import BUSY, sql_states
 
+from .. import accounts
 from ..runs.artifacts import hold_dir, stored_file
 from .auth import operator, operator_guard, runtime
 from ..db.database import as_dt, utcnow
@@ -95,8 +96,6 @@ class SystemController(Controller):
     @post("/api/v1/auth/token", status_code=201, summary="Log in with a password; returns a new API token",
           dto=FastBody[LoginRequest], return_dto=None, opt={"rate_limited": True})
     async def login(self, request: Request, data: JSONBody[LoginRequest]) -> TokenReply:
-        from .. import accounts
-
         rt = runtime(request)
         source = request.client.host if request.client else "unknown"
         user = await rt.login.authenticate(rt.db, data.username, data.password, source, rt.spawn)
