@@ -1,12 +1,12 @@
 """The operator's reads of runs and of the event log, as Piccolo queries (:mod:`..db.orm`).
 
-One place for what the operator API (``api/operator.py``) and the web UI (``ui/``) both
-ask: a run with its host's name, a page of runs (filtered, ordered, counted: the API's
-``GET /runs`` and a host's page in the UI), a stretch of the event log (all of it, a
-host's or a run's: the API) and the audit log (the UI). These are cold reads: the
-compile step Piccolo adds is small beside the query, and the SQL they give is the SQL
-that was written by hand before, on SQLite and PostgreSQL alike. The dashboard's reads
-stay SQL in :mod:`vetting_server.ui.queries` (it says why).
+One place for what the operator API (``api/operator.py``) and the web UI (``ui/``) ask
+of runs and events: a run with its host's name, a page of runs (filtered, ordered,
+counted: the API's ``GET /runs`` and a host's page in the UI), a run's stages, a host's
+inventories, a stretch of the event log (all of it, a host's or a run's) and the audit
+log. These are cold reads: Piccolo's compile step is small beside the query, and they
+return the rows the hand-written SQL before them did, on SQLite and PostgreSQL alike.
+The dashboard's reads stay SQL in :mod:`vetting_server.ui.queries` (it says why).
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ async def events(db: Database, *, after: int, limit: int, run_id: int | None = N
 
 async def audit(db: Database, *, before: int | None, text: str | None, limit: int = 100) -> list[dict[str, Any]]:
     """Operator actions (``audit.*`` events), newest first, ``before`` an event id;
-    ``text`` found in the message or the actor (any case) or the kind."""
+    ``text`` found in the message or the actor (any case) or the kind. ``lower(…) LIKE``
+    rather than ``ILIKE``: SQLite has no ``ILIKE``, and both engines lower the same way."""
     query = Events.select().where(Events.kind.like("audit.%"))
     if before:
         query = query.where(Events.id < before)
