@@ -17,18 +17,17 @@ from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 from vetting_core import __version__
 from vetting_core.cmdline import MAX_LENGTH
 from vetting_core.model import INT64_MAX
-from vetting_core.text import printable
 from vetting_core.statemachine import BUSY, sql_states
+from vetting_core.text import printable
 
 from .. import accounts
-from ..runs.artifacts import hold_dir, stored_file
-from .auth import operator, operator_guard, runtime
-from ..db.database import as_dt, utcnow
-from ..errors import ApiError, conflict, not_found
-from ..edge.fastbody import FastBody
-from .limits import PathId, QueryId
-from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..db.database import as_dt
 from ..db.migrate import current_version
+from ..edge.fastbody import FastBody
+from ..errors import ApiError, conflict, not_found
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..runs import listing
+from ..runs.artifacts import hold_dir, stored_file
 from ..schemas import (
     ActionRequest,
     EventOut,
@@ -47,18 +46,13 @@ from ..schemas import (
     TokenReply,
 )
 from ..security import new_token, token_hash
+from .auth import operator, operator_guard, runtime
+from .limits import PathId, QueryId
 from .views import event_out, host_out, run_detail, run_out, series
-
-RUN_ORDER = {
-    "id": "r.id", "started_at": "r.started_at", "state": "r.state", "host": "h.name", "profile": "r.profile",
-    "completed_at": "r.completed_at", "state_changed_at": "r.state_changed_at",
-}
 
 
 async def _run_row(request: Request, run_id: int) -> dict[str, Any]:
-    row = await runtime(request).db.fetchrow(
-        "SELECT r.*, h.name AS host_name FROM runs r JOIN hosts h ON h.id = r.host_id WHERE r.id = $1", run_id
-    )
+    row = await listing.run_row(runtime(request).db, run_id)
     if row is None:
         raise not_found(f"run {run_id} not found")
     return row
@@ -153,9 +147,7 @@ class HostController(Controller):
                           after: int = Parameter(default=0, ge=0, le=INT64_MAX)) -> list[EventOut]:
         await operator(request)
         await runtime(request).hosts.get(host_id)
-        rows = await runtime(request).db.fetch(
-            "SELECT * FROM events WHERE host_id = $1 AND id > $2 ORDER BY id LIMIT $3", host_id, after, limit
-        )
+        rows = await listing.events(runtime(request).db, after=after, limit=limit, host_id=host_id)
         return [event_out(r) for r in rows]
 
 
@@ -210,28 +202,19 @@ class RunController(Controller):
         result: FromQuery[str | None] = None,
         limit: int = Parameter(default=50, ge=1, le=500),
         offset: int = Parameter(default=0, ge=0, le=INT64_MAX),
-        order_by: str = Parameter(default="-id", description=f"one of {sorted(RUN_ORDER)}, '-' for descending"),
+        order_by: str = Parameter(default="-id", description=f"one of {sorted(listing.RUN_ORDER)}, '-' for descending"),
     ) -> Page[RunOut]:
         await operator(request)
         key = order_by.lstrip("-")
-        if key not in RUN_ORDER:
-            raise ApiError(422, f"order_by: {order_by!r} is not one of {', '.join(sorted(RUN_ORDER))} (prefix '-' to reverse)",
-                           {"field": "order_by"})
-        direction = "DESC" if order_by.startswith("-") else "ASC"
-        where, args = [], []
-        for col, val in (("r.state", run_state), ("r.host_id", host_id), ("h.name", host), ("r.profile", profile), ("r.result", result)):
-            if val is not None:
-                args.append(val)
-                where.append(f"{col} = ${len(args)}")
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        if key not in listing.RUN_ORDER:
+            raise ApiError(422, f"order_by: {order_by!r} is not one of {', '.join(sorted(listing.RUN_ORDER))} "
+                           "(prefix '-' to reverse)", {"field": "order_by"})
         db = runtime(request).db
-        total = await db.fetchval(f"SELECT count(*) FROM runs r JOIN hosts h ON h.id = r.host_id {clause}", *args)
-        rows = await db.fetch(
-            f"SELECT r.*, h.name AS host_name FROM runs r JOIN hosts h ON h.id = r.host_id {clause} "
-            f"ORDER BY {RUN_ORDER[key]} {direction}, r.id {direction} LIMIT ${len(args) + 1} OFFSET ${len(args) + 2}",
-            *args, limit, offset,
-        )
-        return Page(items=[run_out(r) for r in rows], total=int(total), limit=limit, offset=offset)
+        filters: dict[str, Any] = {"state": run_state, "host_id": host_id, "host": host, "profile": profile, "result": result}
+        total = await listing.count_runs(db, **filters)
+        rows = await listing.runs(db, **filters, order_by=key, descending=order_by.startswith("-"), limit=limit,
+                                  offset=offset)
+        return Page(items=[run_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
     @get("/{run_id:int}", summary="Run detail: stages, sub-steps, diffs, thresholds, breaches, series")
     async def get_run(self, request: Request, run_id: PathId, points: int = Parameter(default=60, ge=1, le=2000)) -> RunDetail:
@@ -253,9 +236,7 @@ class RunController(Controller):
                          limit: int = Parameter(default=500, ge=1, le=5000)) -> list[EventOut]:
         await operator(request)
         await _run_row(request, run_id)
-        rows = await runtime(request).db.fetch(
-            "SELECT * FROM events WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3", run_id, after, limit
-        )
+        rows = await listing.events(runtime(request).db, after=after, limit=limit, run_id=run_id)
         return [event_out(r) for r in rows]
 
     @get("/{run_id:int}/logs", summary="The run's log lines as text", media_type="text/plain")
@@ -344,7 +325,7 @@ class EventController(Controller):
     async def list_events(self, request: Request, after: int = Parameter(default=0, ge=0, le=INT64_MAX),
                           limit: int = Parameter(default=200, ge=1, le=5000)) -> list[EventOut]:
         await operator(request)
-        rows = await runtime(request).db.fetch("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2", after, limit)
+        rows = await listing.events(runtime(request).db, after=after, limit=limit)
         return [event_out(r) for r in rows]
 
     @get("/stream", summary="Server-sent events: run events live (Last-Event-ID resumes)")

@@ -26,7 +26,14 @@ from litestar.static_files import create_static_files_router
 
 from ..errors import ApiError
 from .admin import AdminController
-from .auth import Forbidden, LoginController, LoginRequired, forbidden_page, login_redirect, ui_guard
+from .auth import (
+    Forbidden,
+    LoginController,
+    LoginRequired,
+    forbidden_page,
+    login_redirect,
+    ui_guard,
+)
 from .dashboard import DashboardController
 from .hosts import HostController
 from .render import page, template_config

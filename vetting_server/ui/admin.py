@@ -12,10 +12,10 @@ from litestar.response import Redirect, Template
 
 from vetting_core.config import RUNTIME_KEYS
 
-from ..errors import not_found
-from ..settings_service import SettingError, profile_names
 from ..api.views import event_out
-from . import queries
+from ..errors import not_found
+from ..runs import listing
+from ..settings_service import SettingError, profile_names
 from .render import page
 
 
@@ -75,6 +75,6 @@ class AdminController(Controller):
         except ValueError:
             before = None
         text = (q.get("q") or "").strip()[:100] or None
-        rows = await queries.audit(request.app.state.rt.db, before=before, text=text)
+        rows = await listing.audit(request.app.state.rt.db, before=before, text=text)
         return page(request, "audit.html.j2", events=[event_out(r) for r in rows], text=text or "",
                     older=rows[-1]["id"] if len(rows) == 100 else None)

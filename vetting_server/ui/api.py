@@ -19,7 +19,17 @@ from litestar import Request
 from ..api.auth import operator
 from ..api.operator import RunController
 from ..api.views import host_out
-from ..schemas import ActionRequest, HostCreate, HostOut, HostUpdate, OverrideRequest, RunCreated, RunOut, RunStart
+from ..schemas import (
+    ActionRequest,
+    HostCreate,
+    HostOut,
+    HostUpdate,
+    OverrideRequest,
+    RunCreated,
+    RunOut,
+    RunStart,
+)
+
 
 class _Controller:
     """Stands in for the controller instance: the handlers reach each other only through it."""

@@ -17,13 +17,14 @@ from litestar.response import Redirect, Template
 
 from vetting_core.safeyaml import YamlError, load_yaml
 
-from ..errors import ApiError
 from ..api.limits import PathId
-from ..runs.service import jload
-from ..settings_service import profile_names
-from ..schemas import HostCreate, HostUpdate, RunStart
 from ..api.views import host_out
-from . import api, queries
+from ..errors import ApiError
+from ..runs import listing
+from ..runs.service import jload
+from ..schemas import HostCreate, HostUpdate, RunStart
+from ..settings_service import profile_names
+from . import api
 from .inventory_diff import inventory_diff
 from .render import is_htmx, page
 from .runs import remember_token
@@ -87,12 +88,12 @@ class HostController(Controller):
                     run_errors: dict[str, str] | None = None) -> Template:
         rt = request.app.state.rt
         host = host_out(await rt.hosts.get(host_id))
-        inv = await queries.inventories(rt.db, host_id)
+        inv = await listing.inventories(rt.db, host_id)
         diff = inventory_diff(jload(inv[1]["inventory_json"]), jload(inv[0]["inventory_json"])) if len(inv) == 2 else None
         ignores = await rt.hosts.ignores(host_id)
         return page(
             request, "host.html.j2", status_code=status, host=host, agent_token=agent_token,
-            runs=await queries.host_runs(rt.db, host_id), inventory_diff=diff, inventory_runs=inv, ignores=ignores,
+            runs=await listing.runs(rt.db, host_id=host_id), inventory_diff=diff, inventory_runs=inv, ignores=ignores,
             profiles=profile_names(rt.registry), stages=sorted(rt.registry.stages),
             default_profile=rt.settings.runs.default_profile, run_errors=run_errors or {},
         )

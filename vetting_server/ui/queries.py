@@ -1,10 +1,14 @@
-"""The web UI's reads: dashboard tiles and counts, a run's timeline, chart series, the audit log.
+"""The web UI's SQL reads: dashboard tiles, counts and attention list, chart series.
 
-Plain SQL through :mod:`vetting_server.db.database` like the operator API's listings (the
-Piccolo service layer of issue 20 is to take the cold reads over). The dashboard is the
-query that must stay fast with 10,000 hosts (``bench/ui_dashboard.py``): each host's
-latest run is one lookup on the ``idx_runs_host`` index (:data:`_CURRENT`), the page is cut
-in SQL (``LIMIT``/``OFFSET``), and the counts are one more pass over the hosts.
+The UI's other reads (a run and its stages, a host's runs and inventories, the audit
+log) are Piccolo queries in :mod:`vetting_server.runs.listing`, beside the operator
+API's listings. These stay SQL through :mod:`vetting_server.db.database` because each
+needs what Piccolo's foreign-key joins cannot say: a host's latest run found by a
+correlated ``max(id)`` subquery, a ``MATERIALIZED`` CTE, an order by ``CASE``, a join on
+two columns (a run's failed stage), a time bucket written per dialect. The dashboard is
+the query that must stay fast with 10,000 hosts (``bench/ui_dashboard.py``): each host's
+latest run is one lookup on the ``idx_runs_host`` index (:data:`_CURRENT`), the page is
+cut in SQL (``LIMIT``/``OFFSET``), and the counts are one more pass over the hosts.
 """
 
 from __future__ import annotations
@@ -121,46 +125,6 @@ def attention_kind(run: dict[str, Any]) -> str:
     if (run.get("reason") or "").startswith("agent lost"):
         return "agent lost"
     return "failed"
-
-
-async def run_row(db: Database, run_id: int) -> dict[str, Any] | None:
-    return await db.fetchrow(
-        "SELECT r.*, h.name AS host_name, h.boot_provider FROM runs r JOIN hosts h ON h.id = r.host_id WHERE r.id = $1", run_id
-    )
-
-
-async def stages(db: Database, run_id: int) -> list[dict[str, Any]]:
-    return await db.fetch("SELECT * FROM stages WHERE run_id = $1 ORDER BY ordinal", run_id)
-
-
-async def host_runs(db: Database, host_id: int, limit: int = 50) -> list[dict[str, Any]]:
-    return await db.fetch(
-        "SELECT id, state, result, profile, non_destructive, failed_stage, reason, started_at, completed_at, actor "
-        "FROM runs WHERE host_id = $1 ORDER BY id DESC LIMIT $2", host_id, limit,
-    )
-
-
-async def inventories(db: Database, host_id: int) -> list[dict[str, Any]]:
-    """The two latest runs of a host that collected an inventory (newest first)."""
-    return await db.fetch(
-        "SELECT id, inventory_json, started_at FROM runs WHERE host_id = $1 AND inventory_json IS NOT NULL "
-        "ORDER BY id DESC LIMIT 2", host_id,
-    )
-
-
-async def audit(db: Database, *, before: int | None, text: str | None, limit: int = 100) -> list[dict[str, Any]]:
-    """Operator actions (``audit.*`` events), newest first, ``before`` an event id."""
-    args: list[Any] = []
-    where = ["kind LIKE 'audit.%'"]
-    if before:
-        args.append(before)
-        where.append(f"id < ${len(args)}")
-    if text:
-        args.append(f"%{text.lower()}%")
-        where.append(f"(lower(message) LIKE ${len(args)} OR lower(coalesce(actor, '')) LIKE ${len(args)} "
-                     f"OR kind LIKE ${len(args)})")
-    args.append(limit)
-    return await db.fetch(f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ${len(args)}", *args)
 
 
 async def buckets(db: Database, run_id: int, t0: datetime, bucket_s: float) -> list[dict[str, Any]]:

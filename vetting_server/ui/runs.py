@@ -27,10 +27,11 @@ from litestar.response import Redirect, Template
 
 from vetting_core.statemachine import ACTIVE, ENDED, FAILED
 
-from ..errors import ApiError, conflict, not_found
 from ..api.limits import PathId
+from ..errors import ApiError, conflict, not_found
+from ..runs import listing
 from ..runs.service import jload
-from . import api, queries
+from . import api
 from .charts import live_charts
 from .render import page
 from .streams import event_cursor
@@ -70,10 +71,10 @@ def typed_disks(text: str) -> list[str]:
 async def run_context(request: Request, run_id: int) -> dict[str, Any]:
     rt = request.app.state.rt
     db = rt.db
-    run = await queries.run_row(db, run_id)
+    run = await listing.run_row(db, run_id)
     if run is None:
         raise not_found(f"run {run_id} not found")
-    stages = await queries.stages(db, run_id)
+    stages = await listing.stages(db, run_id)
     subs = await db.fetch("SELECT * FROM sub_steps WHERE run_id = $1 ORDER BY stage_name, ordinal", run_id)
     ignored = {(r["field"], r["actual"]) for r in await db.fetch(
         "SELECT field, actual FROM spec_ignores WHERE host_id = $1", int(run["host_id"]))}
@@ -123,10 +124,10 @@ class RunPageController(Controller):
     @get("/ui/runs/{run_id:int}/charts")
     async def charts(self, request: Request, run_id: PathId) -> Template:
         rt = request.app.state.rt
-        run = await queries.run_row(rt.db, run_id)
+        run = await listing.run_row(rt.db, run_id)
         if run is None:
             raise not_found(f"run {run_id} not found")
-        stages = await queries.stages(rt.db, run_id)
+        stages = await listing.stages(rt.db, run_id)
         return page(request, "_run_charts.html.j2", run=run, charts=await live_charts(rt, run, stages),
                     live=run["state"] not in ENDED)
 

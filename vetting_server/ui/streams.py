@@ -34,10 +34,10 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from vetting_core.statemachine import ENDED
 
+from ..api.limits import PathId
 from ..api.operator import follow_events
 from ..db.database import as_dt
 from ..errors import ApiError
-from ..api.limits import PathId
 from .ansi import ansi_html
 
 TAIL_LINES = 300
