@@ -84,6 +84,32 @@ class Effects:
     after: list[Any] = field(default_factory=list)  # async callables
 
 
+async def write_event(
+    tx: Any,
+    kind: str,
+    message: str,
+    *,
+    run_id: int | None = None,
+    host_id: int | None = None,
+    level: str = "info",
+    actor: str | None = None,
+    data: dict[str, Any] | None = None,
+    plan_id: int | None = None,
+) -> int:
+    """Append one event to the events table inside ``tx``; its id. An ``audit.*`` event
+    carries where the request came from (:data:`AUDIT_SOURCE`) as ``data.source``.
+    Hand-written SQL: every transition and stage result writes one (see
+    :mod:`vetting_server.db.database`)."""
+    if kind.startswith("audit.") and (source := AUDIT_SOURCE.get()) is not None:
+        data = {**(data or {}), "source": source}
+    data_json = None if data is None else msgspec.json.encode(data).decode()
+    return int(await tx.fetchval(
+        "INSERT INTO events (run_id, host_id, ts, level, kind, message, actor, data_json, plan_id) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        run_id, host_id, utcnow(), level, kind, message, actor, data_json, plan_id,
+    ))
+
+
 class Unit:
     """A write transaction plus the effects to publish once it has committed."""
 
@@ -92,27 +118,10 @@ class Unit:
         self.tx = tx
         self.fx = Effects()
 
-    async def event(
-        self,
-        kind: str,
-        message: str,
-        *,
-        run_id: int | None = None,
-        host_id: int | None = None,
-        level: str = "info",
-        actor: str | None = None,
-        data: dict[str, Any] | None = None,
-        plan_id: int | None = None,
-    ) -> int:
-        now = utcnow()
-        if kind.startswith("audit.") and (source := AUDIT_SOURCE.get()) is not None:
-            data = {**(data or {}), "source": source}
-        data_json = None if data is None else msgspec.json.encode(data).decode()
-        event_id = await self.tx.fetchval(
-            "INSERT INTO events (run_id, host_id, ts, level, kind, message, actor, data_json, plan_id) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-            run_id, host_id, now, level, kind, message, actor, data_json, plan_id,
-        )
+    async def event(self, kind: str, message: str, **fields: Any) -> int:
+        """Append an event (:func:`write_event`); the live streams hear of it after the commit."""
+        event_id = await write_event(self.tx, kind, message, **fields)
+        run_id, host_id = fields.get("run_id"), fields.get("host_id")
         self.fx.events.append({"id": event_id, "run_id": run_id, "host_id": host_id})
         return int(event_id)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -148,6 +149,11 @@ def test_db_migrate_and_token_cli(tmp_path):
     assert "applied 0 migration(s)" in cp.stdout
     cp = srv.cli("token", "create", "--user", "ops")
     assert cp.returncode == 0 and cp.stdout.strip().startswith("vo_")
+    srv.cli("admin", "create", "ops", "--password-stdin", input="correct horse battery\n", check=True)
+    with sqlite3.connect(srv.db_path) as db:  # the CLI's changes are in the audit log
+        audit = db.execute("SELECT kind, message, actor FROM events WHERE kind LIKE 'audit.%' ORDER BY id").fetchall()
+    assert audit == [("audit.token_created", "API token 'cli' created for ops from the command line", "ops"),
+                     ("audit.admin", "operator ops password changed from the command line", "ops")]
     cp = srv.cli("plugins", "list")
     assert cp.returncode == 0 and "boot providers: wol, manual, agent" in cp.stdout
     cp = srv.cli("host", "list", "--token", "vo_nope", "--server", "http://127.0.0.1:1")

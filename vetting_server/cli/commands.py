@@ -180,7 +180,6 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def cmd_admin_create(args: argparse.Namespace) -> int:
-    from ..db.database import utcnow
     from ..security import hash_password
 
     pw_hash = hash_password(_read_password(args))
@@ -188,6 +187,7 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
     async def fn(db: Any, applied: list[str]) -> int:
         # imported once the database is open: a missing PostgreSQL driver is reported there
         from .. import accounts
+        from ..runtime import write_event
 
         row = await accounts.user_by_name(db, args.user)
         async with db.transaction() as tx:
@@ -197,10 +197,7 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
             else:
                 await accounts.set_password(tx, int(row["id"]), pw_hash)
                 what = "password changed"
-            await tx.execute(
-                "INSERT INTO events (ts, level, kind, message, actor) VALUES ($1, 'info', 'audit.admin', $2, $3)",
-                utcnow(), f"operator {args.user} {what} from the command line", args.user,
-            )
+            await write_event(tx, "audit.admin", f"operator {args.user} {what} from the command line", actor=args.user)
         print(f"operator {args.user}: {what}")
         return 0
 
@@ -208,7 +205,6 @@ def cmd_admin_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    from ..db.database import utcnow
     from ..security import new_token, token_hash
 
     token = new_token("vo_")
@@ -216,14 +212,13 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     async def fn(db: Any, applied: list[str]) -> int:
         # imported once the database is open: a missing PostgreSQL driver is reported there
         from .. import accounts
+        from ..runtime import write_event
 
         uid, created = await accounts.ensure_user(db, args.user, None)
         async with db.transaction() as tx:
             await accounts.create_token(tx, uid, args.name, token_hash(token))
-            await tx.execute(
-                "INSERT INTO events (ts, level, kind, message, actor) VALUES ($1, 'info', 'audit.token_created', $2, $3)",
-                utcnow(), f"API token {args.name!r} created for {args.user} from the command line", args.user,
-            )
+            await write_event(tx, "audit.token_created", f"API token {args.name!r} created for {args.user} from the command line",
+                              actor=args.user)
         if created:
             print(f"created operator {args.user} (no password: API tokens only)", file=sys.stderr)
         print(token)
