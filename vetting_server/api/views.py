@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from ..db.database import Database, as_dt
+from ..runs import listing
 from ..schemas import (
     ArtifactOut,
     BreachOut,
@@ -108,10 +109,10 @@ async def series(db: Database, run_id: int, *, kind: str | None = None, key: str
 
 
 async def run_detail(db: Database, run_id: int, *, points: int = 60) -> RunDetail | None:
-    r = await db.fetchrow("SELECT r.*, h.name AS host_name FROM runs r JOIN hosts h ON h.id = r.host_id WHERE r.id = $1", run_id)
+    r = await listing.run_row(db, run_id)
     if r is None:
         return None
-    stages = await db.fetch("SELECT * FROM stages WHERE run_id = $1 ORDER BY ordinal", run_id)
+    stages = await listing.stages(db, run_id)
     stage_names = {int(s["id"]): s["name"] for s in stages}
     subs = await db.fetch("SELECT * FROM sub_steps WHERE run_id = $1 ORDER BY stage_name, ordinal", run_id)
     diffs = await db.fetch("SELECT * FROM spec_diffs WHERE run_id = $1 ORDER BY id", run_id)

@@ -43,6 +43,9 @@ def _field_error(exc: FieldError) -> ApiError:
 
 
 class HostService:
+    """Owns the ``hosts`` rows and the ``spec_ignores`` of each host: every read and change
+    the operator API, the web UI, the firmware API and run planning make of them."""
+
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
 

@@ -170,8 +170,8 @@ class RunService(AgentSessions, StageResults, OperatorActions):
         except FieldError as exc:
             raise ApiError(422, f"host {host['name']}: stored expected spec is invalid: {exc}") from None
         if spec is not None:  # the differences this host's operators chose to ignore (the web UI's spec_ignores)
-            spec.ignore = [*spec.ignore, *[SpecIgnore(field=r["field"], actual=r["actual"]) for r in await self.db.fetch(
-                "SELECT field, actual FROM spec_ignores WHERE host_id = $1 ORDER BY id", int(host["id"]))]]
+            ignored = await self.rt.hosts.ignores(int(host["id"]))
+            spec.ignore = [*spec.ignore, *[SpecIgnore(field=r["field"], actual=r["actual"]) for r in ignored]]
         if host["boot_provider"] == "agent":
             non_destructive = True  # host mode runs on an installed machine: never destructive
         try:

@@ -76,8 +76,7 @@ async def run_context(request: Request, run_id: int) -> dict[str, Any]:
         raise not_found(f"run {run_id} not found")
     stages = await listing.stages(db, run_id)
     subs = await db.fetch("SELECT * FROM sub_steps WHERE run_id = $1 ORDER BY stage_name, ordinal", run_id)
-    ignored = {(r["field"], r["actual"]) for r in await db.fetch(
-        "SELECT field, actual FROM spec_ignores WHERE host_id = $1", int(run["host_id"]))}
+    ignored = {(r["field"], r["actual"]) for r in await rt.hosts.ignores(int(run["host_id"]))}
     diffs = [{**d, "host_ignored": (d["field"], d["actual"]) in ignored or (d["field"], None) in ignored}
              for d in await db.fetch("SELECT * FROM spec_diffs WHERE run_id = $1 ORDER BY id", run_id)]
     breaches = await db.fetch(
