@@ -214,7 +214,7 @@ class CampaignRunner:
         update_id = int(upd["id"])
         plan = await store.plan(int(upd["plan_id"]))
         policy = msgspec.json.decode(plan["policy_json"], type=Policy)
-        host = await self.db.fetchrow("SELECT * FROM hosts WHERE id = $1", int(upd["host_id"]))
+        host = await self.rt.hosts.find(host_id=int(upd["host_id"]))
         arts = await store.plan_artifacts(int(plan["id"]))
         ctx: dict[str, Any] = {"artifacts": [], "seconds": {}}
         progress = Progress(self, update_id, ctx)
@@ -303,7 +303,7 @@ class CampaignRunner:
         """Start the vetting run after the update: (its id, None) or (None, why not)."""
         vet = policy.vet_after_update
         assert vet is not None
-        host = await self.db.fetchrow("SELECT * FROM hosts WHERE id = $1", int(upd["host_id"]))
+        host = await self.rt.hosts.find(host_id=int(upd["host_id"]))
         try:
             run, _token = await self.rt.service.create_run(host, profile=vet.profile, non_destructive=vet.non_destructive,
                                                            stages=vet.stages, actor=f"firmware plan {plan['id']}")

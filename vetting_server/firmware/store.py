@@ -348,7 +348,7 @@ class FirmwareStore:
         the first to report the new version. Read before the host boots (the BMC is
         being driven anyway), bounded by ``firmware.bmc_inventory_timeout_s``."""
         stage = await self.db.fetchrow("SELECT id, params_json FROM stages WHERE run_id = $1 AND name = 'Firmware'", run_id)
-        host = await self.db.fetchrow("SELECT * FROM hosts WHERE id = $1", host_id)
+        host = await self.rt.hosts.find(host_id=host_id)
         if stage is None or host is None or self.provider_kind(host) is None:
             return
         params = jload(stage["params_json"], {})

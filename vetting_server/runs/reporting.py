@@ -50,7 +50,7 @@ def _j(v: str | None, default: Any) -> Any:
 async def build_record(rt: Runtime, run_id: int, *, measurements: bool = True) -> RunRecord:
     db = rt.db
     r = await db.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
-    h = await db.fetchrow("SELECT * FROM hosts WHERE id = $1", int(r["host_id"]))
+    h = await rt.hosts.find(host_id=int(r["host_id"]))
     stages = await db.fetch("SELECT * FROM stages WHERE run_id = $1 ORDER BY ordinal", run_id)
     stage_names = {int(s["id"]): s["name"] for s in stages}
     subs = await db.fetch("SELECT * FROM sub_steps WHERE run_id = $1 ORDER BY stage_name, ordinal", run_id)
