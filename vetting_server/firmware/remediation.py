@@ -27,6 +27,7 @@ import structlog
 from vetting_core.statemachine import FAILED
 
 from ..errors import conflict, not_found
+from ..runs import listing
 from ..runs.service import jload
 from ..runtime import Runtime, Unit
 from .plans import ArtifactRef, PlanDocument, Policy, Vet
@@ -45,7 +46,7 @@ def mismatch(diff: dict[str, Any]) -> tuple[str, list[str]]:
 async def offers(rt: Runtime, run_id: int, db: Any = None) -> dict[str, Any]:
     """The remediation of run ``run_id``, as a :class:`.schemas.RemediationOut` dict."""
     db = db or rt.db
-    run = await db.fetchrow("SELECT r.*, h.name AS host_name FROM runs r JOIN hosts h ON h.id = r.host_id WHERE r.id = $1", run_id)
+    run = await listing.run_row(db, run_id)
     if run is None:
         raise not_found(f"run {run_id} not found")
     host = await db.fetchrow("SELECT * FROM hosts WHERE id = $1", int(run["host_id"]))
